@@ -1,0 +1,241 @@
+//! One WebSocket client speaking herald's JSON subset, either directly (`herald` mode) or wrapped in
+//! socket.io v5 / engine.io v4 framing over a plain WebSocket (`sio` mode): commands go out as
+//! `42["cmd",<json>]`, server frames come back as `42["msg",<json>]`, engine.io pings `2` are
+//! answered with `3`. Incoming frames are handed out as `Bytes` without JSON parsing; the helpers
+//! below find single fields by byte search, which is what keeps one generator core ahead of the
+//! servers.
+use crate::util::R;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use memchr::memmem;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub url: String,
+    pub addr: SocketAddr,
+    pub sio: bool,
+}
+
+impl Target {
+    pub async fn resolve(url: &str, sio: bool) -> R<Target> {
+        let req = url.into_client_request()?;
+        let host = req.uri().host().ok_or("url without host")?.to_string();
+        let port = req.uri().port_u16().unwrap_or(80);
+        let addr = tokio::net::lookup_host((host.as_str(), port))
+            .await?
+            .next()
+            .ok_or("unresolvable host")?;
+        Ok(Target {
+            url: url.to_string(),
+            addr,
+            sio,
+        })
+    }
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<TcpStream>,
+    sio: bool,
+}
+
+fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20))
+}
+
+impl Client {
+    /// TCP connect (optionally from a given source address), WebSocket handshake, and wait for
+    /// the server's `welcome`.
+    pub async fn connect(t: &Target, bind: Option<IpAddr>) -> R<Client> {
+        let sock = if t.addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(ip) = bind {
+            sock.bind(SocketAddr::new(ip, 0))?;
+        }
+        let stream = sock.connect(t.addr).await?;
+        stream.set_nodelay(true)?;
+        let req = t.url.as_str().into_client_request()?;
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(req, stream, Some(config())).await?;
+        let mut c = Client { ws, sio: t.sio };
+        if c.sio {
+            // engine.io sends `0{...}` (open) first; socket.io needs the `40` connect packet.
+            c.ws.send(Message::text("40")).await?;
+        }
+        loop {
+            let f = c.recv().await?.ok_or("closed before welcome")?;
+            if frame_type(&f) == b"welcome" {
+                break;
+            }
+        }
+        Ok(c)
+    }
+
+    fn wrap(&self, json: String) -> Message {
+        if self.sio {
+            Message::text(format!("42[\"cmd\",{json}]"))
+        } else {
+            Message::text(json)
+        }
+    }
+
+    pub async fn send(&mut self, json: String) -> R<()> {
+        let m = self.wrap(json);
+        self.ws.send(m).await?;
+        Ok(())
+    }
+
+    /// Queue without flushing (publishers batch a tick's frames into one write).
+    pub async fn feed(&mut self, json: String) -> R<()> {
+        let m = self.wrap(json);
+        self.ws.feed(m).await?;
+        Ok(())
+    }
+
+    pub async fn flush(&mut self) -> R<()> {
+        self.ws.flush().await?;
+        Ok(())
+    }
+
+    /// Next herald JSON frame; `None` when the connection closed.
+    pub async fn recv(&mut self) -> R<Option<Bytes>> {
+        loop {
+            match self.ws.next().await {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(Message::Text(t))) => {
+                    let b: Bytes = t.into();
+                    if !self.sio {
+                        return Ok(Some(b));
+                    }
+                    if b.starts_with(b"42[\"msg\",") && b.len() > 10 {
+                        return Ok(Some(b.slice(9..b.len() - 1)));
+                    }
+                    if &b[..] == b"2" {
+                        self.ws.send(Message::text("3")).await?;
+                    } else if b.starts_with(b"41") || b.starts_with(b"1") {
+                        return Ok(None);
+                    }
+                }
+                Some(Ok(Message::Binary(b))) if !self.sio => return Ok(Some(b)),
+                Some(Ok(Message::Close(_))) => return Ok(None),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Send a command and wait for the `reply`/`error` with the same integer id. Frames of other
+    /// types in between are skipped. Returns (is_reply, frame).
+    pub async fn request(&mut self, id: u64, json: String) -> R<(bool, Bytes)> {
+        self.send(json).await?;
+        self.wait_reply(id).await
+    }
+
+    pub async fn wait_reply(&mut self, id: u64) -> R<(bool, Bytes)> {
+        loop {
+            let f = self.recv().await?.ok_or("closed while waiting for reply")?;
+            let ty = frame_type(&f);
+            if ty == b"reply" || ty == b"error" {
+                let v: serde_json::Value = serde_json::from_slice(&f)?;
+                if v.get("id").and_then(|x| x.as_u64()) == Some(id) {
+                    return Ok((ty == b"reply", f));
+                }
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, id: u64, channel: &str) -> R<()> {
+        let (ok, f) = self
+            .request(
+                id,
+                format!(r#"{{"v":1,"type":"subscribe","id":{id},"channel":"{channel}"}}"#),
+            )
+            .await?;
+        if !ok {
+            return Err(format!("subscribe refused: {}", String::from_utf8_lossy(&f)).into());
+        }
+        Ok(())
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// The value of the first `"type":"…"` in a frame (herald and the peers put no spaces there).
+pub fn frame_type(b: &[u8]) -> &[u8] {
+    static F: OnceLock<memmem::Finder<'static>> = OnceLock::new();
+    let f = F.get_or_init(|| memmem::Finder::new(b"\"type\":\""));
+    match f.find(b) {
+        Some(i) => {
+            let rest = &b[i + 8..];
+            match memchr::memchr(b'"', rest) {
+                Some(j) => &rest[..j],
+                None => b"",
+            }
+        }
+        None => b"",
+    }
+}
+
+fn parse_uint(b: &[u8]) -> Option<u64> {
+    let mut n: u64 = 0;
+    let mut any = false;
+    for &c in b {
+        if c.is_ascii_digit() {
+            n = n.wrapping_mul(10).wrapping_add((c - b'0') as u64);
+            any = true;
+        } else if c == b' ' && !any {
+            continue;
+        } else {
+            break;
+        }
+    }
+    any.then_some(n)
+}
+
+/// The send timestamp `"t":<unix nanos>` that publishers put into `data`.
+pub fn find_t(b: &[u8]) -> Option<u64> {
+    static F: OnceLock<memmem::Finder<'static>> = OnceLock::new();
+    let f = F.get_or_init(|| memmem::Finder::new(b"\"t\":"));
+    let i = f.find(b)?;
+    parse_uint(&b[i + 4..])
+}
+
+/// `"offset":<n>` of a message frame.
+pub fn find_offset(b: &[u8]) -> Option<u64> {
+    static F: OnceLock<memmem::Finder<'static>> = OnceLock::new();
+    let f = F.get_or_init(|| memmem::Finder::new(b"\"offset\":"));
+    let i = f.find(b)?;
+    parse_uint(&b[i + 9..])
+}
+
+/// A publish command whose `data` is `{"t":<t>,"p":"xxx…"}`, padded so that `data` is `size` bytes.
+pub fn publish_json(id: u64, channel: &str, t: u64, size: usize) -> String {
+    let head = format!(r#"{{"t":{t},"p":""#);
+    let pad = size.saturating_sub(head.len() + 2);
+    let mut s = String::with_capacity(size + 80);
+    s.push_str(r#"{"v":1,"type":"publish","id":"#);
+    s.push_str(&id.to_string());
+    s.push_str(r#","channel":""#);
+    s.push_str(channel);
+    s.push_str(r#"","data":"#);
+    s.push_str(&head);
+    for _ in 0..pad {
+        s.push('x');
+    }
+    s.push_str("\"}}");
+    s
+}

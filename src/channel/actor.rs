@@ -1,0 +1,576 @@
+//! The channel actor: sequencing, durability, fan-out, subscribers and presence of one channel.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures_util::future::{ready, FutureExt};
+use tokio::sync::oneshot;
+
+use super::replay::{self, ReplayDone, ReplayJob};
+use super::{
+    ChannelError, Evict, History, HistoryPage, Outbox, Presence, Publish, Published, Subscribe,
+    Unsubscribe,
+};
+use crate::config::NamespaceOptions;
+use crate::history::{HistoryError, Retention, StoredMessage};
+use crate::node::{Node, Stats};
+use crate::protocol::{
+    self, encode, results, CloseCode, Encoding, MessageBody, Outgoing, PresenceBody, ServerFrame,
+};
+
+/// Retry delay after a failed flush.
+const FLUSH_RETRY: Duration = Duration::from_millis(100);
+
+/// A message appended to the log but not yet durable: not delivered, not acknowledged.
+struct Pending {
+    offset: u64,
+    id: String,
+    from: Option<Arc<str>>,
+    data: rmpv::Value,
+    waiters: Vec<oneshot::Sender<Result<Published, ChannelError>>>,
+}
+
+/// One message encoded for each encoding some subscriber uses.
+struct Delivery {
+    json: Option<Outgoing>,
+    msgpack: Option<Outgoing>,
+}
+
+impl Delivery {
+    fn get(&self, e: Encoding) -> Option<&Outgoing> {
+        match e {
+            Encoding::Json => self.json.as_ref(),
+            Encoding::Msgpack => self.msgpack.as_ref(),
+        }
+    }
+}
+
+struct Subscriber {
+    user: Option<Arc<str>>,
+    encoding: Encoding,
+    outbox: Outbox,
+    evict: Recipient<Evict>,
+    /// Set while history is being replayed to this subscriber: live messages wait in `buffer`.
+    replay: Option<ReplayState>,
+}
+
+struct ReplayState {
+    /// First offset being replayed; retention must not trim from here on.
+    floor: u64,
+    buffer: Vec<Arc<Delivery>>,
+}
+
+/// The actor of one channel. See the module docs of [`crate::channel`].
+pub struct ChannelActor {
+    name: Arc<str>,
+    node: Arc<Node>,
+    ns: NamespaceOptions,
+    epoch: Arc<str>,
+    /// Offset of the last message appended to the log.
+    head: u64,
+    /// Offset of the last message that is durable and delivered.
+    durable: u64,
+    pending: VecDeque<Pending>,
+    subscribers: HashMap<Arc<str>, Subscriber>,
+    last_activity: Instant,
+}
+
+impl ChannelActor {
+    /// Loads the channel's state from the store.
+    pub fn load(name: Arc<str>, node: Arc<Node>) -> Result<Self, HistoryError> {
+        let state = node.store.channel_state(&name)?;
+        let ns = node.config.namespace(namespace_of(&name));
+        Ok(ChannelActor {
+            name,
+            ns,
+            epoch: Arc::from(state.epoch.as_str()),
+            head: state.head,
+            durable: state.head,
+            pending: VecDeque::new(),
+            subscribers: HashMap::new(),
+            last_activity: Instant::now(),
+            node,
+        })
+    }
+
+    fn retention(&self) -> Retention {
+        retention_of(&self.ns)
+    }
+
+    /// Lowest offset an in-progress replay still needs.
+    fn replay_floor(&self) -> Option<u64> {
+        self.subscribers
+            .values()
+            .filter_map(|s| s.replay.as_ref().map(|r| r.floor))
+            .min()
+    }
+
+    fn trim(&self) {
+        let floor = self.replay_floor();
+        if let Err(e) =
+            self.node
+                .store
+                .trim(&self.name, &self.retention(), protocol::now_ms(), floor)
+        {
+            tracing::warn!(channel = %self.name, error = %e, "history trim failed");
+        }
+    }
+
+    fn published(&self, id: &str, offset: u64) -> Published {
+        Published {
+            id: id.to_string(),
+            epoch: self.epoch.to_string(),
+            offset,
+        }
+    }
+
+    /// Called when the log says everything up to `upto` is durable: deliver and acknowledge in order.
+    fn on_durable(&mut self, upto: u64, result: Result<(), HistoryError>, ctx: &mut Context<Self>) {
+        if let Err(e) = result {
+            tracing::error!(channel = %self.name, error = %e, "flush failed; publishes are retried");
+            for p in self.pending.iter_mut().filter(|p| p.offset <= upto) {
+                for w in p.waiters.drain(..) {
+                    let _ = w.send(Err(ChannelError::Storage(e.to_string())));
+                }
+            }
+            ctx.run_later(FLUSH_RETRY, move |act, ctx| {
+                let durable = act.node.store.durable();
+                ctx.spawn(
+                    durable
+                        .into_actor(act)
+                        .map(move |res, act, ctx| act.on_durable(upto, res, ctx)),
+                );
+            });
+            return;
+        }
+        let mut released = false;
+        while self.pending.front().is_some_and(|p| p.offset <= upto) {
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
+            self.deliver(&p);
+            self.durable = p.offset;
+            let reply = self.published(&p.id, p.offset);
+            for w in p.waiters {
+                let _ = w.send(Ok(reply.clone()));
+            }
+            released = true;
+        }
+        if released {
+            self.trim();
+        }
+    }
+
+    /// Encodes a message once per encoding in use and queues it on every subscriber's outbox.
+    fn deliver(&mut self, p: &Pending) {
+        let body = MessageBody {
+            channel: &self.name,
+            id: &p.id,
+            epoch: &self.epoch,
+            offset: p.offset,
+            data: &p.data,
+            from: p.from.as_deref(),
+        };
+        let frame = ServerFrame::Message(body);
+        let wants = |e: Encoding| self.subscribers.values().any(|s| s.encoding == e);
+        let enc = |e: Encoding| {
+            if !wants(e) {
+                return None;
+            }
+            encode(e, &frame)
+                .map_err(|err| tracing::error!(error = %err, "message encoding failed"))
+                .ok()
+        };
+        let delivery = Arc::new(Delivery {
+            json: enc(Encoding::Json),
+            msgpack: enc(Encoding::Msgpack),
+        });
+        let buffer_cap = self.node.config.channel.replay_buffer;
+        let mut slow = Vec::new();
+        let mut sent = 0u64;
+        for (id, sub) in self.subscribers.iter_mut() {
+            if let Some(r) = sub.replay.as_mut() {
+                if r.buffer.len() >= buffer_cap {
+                    slow.push(id.clone());
+                } else {
+                    r.buffer.push(delivery.clone());
+                }
+                continue;
+            }
+            let Some(out) = delivery.get(sub.encoding) else {
+                continue;
+            };
+            if sub.outbox.try_send(out.clone()).is_ok() {
+                sent += 1;
+            } else {
+                slow.push(id.clone());
+            }
+        }
+        Stats::add(&self.node.stats.messages_out, sent);
+        for id in slow {
+            self.evict_slow(&id);
+        }
+    }
+
+    /// Drops a subscriber whose outbox is full (or closed) and asks its session to close with 4001.
+    fn evict_slow(&mut self, session: &Arc<str>) {
+        if let Some(sub) = self.remove_subscriber(session, true) {
+            if !sub.outbox.is_closed() {
+                Stats::add(&self.node.stats.slow_consumers, 1);
+                sub.evict.do_send(Evict {
+                    code: CloseCode::SlowConsumer,
+                    reason: None,
+                });
+            }
+        }
+    }
+
+    fn remove_subscriber(&mut self, session: &Arc<str>, announce: bool) -> Option<Subscriber> {
+        let sub = self.subscribers.remove(session)?;
+        Stats::gauge(&self.node.stats.subscriptions, -1);
+        if announce && self.ns.join_leave {
+            self.announce(false, session, sub.user.as_deref());
+        }
+        Some(sub)
+    }
+
+    /// Sends `join` or `leave` to every other live subscriber.
+    fn announce(&mut self, join: bool, session: &str, user: Option<&str>) {
+        let body = PresenceBody {
+            channel: &self.name,
+            session,
+            user,
+        };
+        let frame = if join {
+            ServerFrame::Join(body)
+        } else {
+            ServerFrame::Leave(body)
+        };
+        let mut cache: [Option<Outgoing>; 2] = [None, None];
+        let mut slow = Vec::new();
+        for (id, sub) in &self.subscribers {
+            if &**id == session || sub.replay.is_some() {
+                continue;
+            }
+            let slot = &mut cache[sub.encoding as usize];
+            if slot.is_none() {
+                *slot = encode(sub.encoding, &frame).ok();
+            }
+            if let Some(out) = slot {
+                if sub.outbox.try_send(out.clone()).is_err() {
+                    slow.push(id.clone());
+                }
+            }
+        }
+        for id in slow {
+            self.evict_slow(&id);
+        }
+    }
+
+    /// Periodic housekeeping: forget subscribers whose session is gone, apply TTL, stop when idle.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let gone: Vec<Arc<str>> = self
+            .subscribers
+            .iter()
+            .filter(|(_, s)| s.outbox.is_closed())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in gone {
+            self.remove_subscriber(&id, true);
+        }
+        if self.ns.history_ttl_secs > 0 {
+            self.trim();
+        }
+        let idle = Duration::from_millis(self.node.config.channel.idle_ms);
+        if self.subscribers.is_empty()
+            && self.pending.is_empty()
+            && self.last_activity.elapsed() >= idle
+            && self.node.channels.remove_if(&self.name, &ctx.address())
+        {
+            ctx.stop();
+        }
+    }
+}
+
+/// The retention a namespace asks for.
+pub fn retention_of(ns: &NamespaceOptions) -> Retention {
+    Retention {
+        max_len: ns.history_size,
+        max_age: (ns.history_ttl_secs > 0).then(|| Duration::from_secs(ns.history_ttl_secs)),
+    }
+}
+
+/// The namespace of a channel name: the part before the first `:`, or the default namespace.
+pub fn namespace_of(channel: &str) -> &str {
+    match channel.split_once(':') {
+        Some((ns, _)) => ns,
+        None => crate::config::DEFAULT_NAMESPACE,
+    }
+}
+
+impl Actor for ChannelActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1024);
+        Stats::gauge(&self.node.stats.channels, 1);
+        self.trim();
+        let every = Duration::from_millis((self.node.config.channel.idle_ms / 2).clamp(50, 5_000));
+        ctx.run_interval(every, |act, ctx| act.tick(ctx));
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        Stats::gauge(&self.node.stats.channels, -1);
+        Stats::gauge(
+            &self.node.stats.subscriptions,
+            -(self.subscribers.len() as i64),
+        );
+        for p in self.pending.drain(..) {
+            for w in p.waiters {
+                let _ = w.send(Err(ChannelError::Unavailable));
+            }
+        }
+    }
+}
+
+impl Handler<Publish> for ChannelActor {
+    type Result = ResponseFuture<Result<Published, ChannelError>>;
+
+    fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) -> Self::Result {
+        self.last_activity = Instant::now();
+        let now = protocol::now_ms();
+        let (tx, rx) = oneshot::channel();
+        let answer = |rx: oneshot::Receiver<_>| -> Self::Result {
+            Box::pin(rx.map(|r| r.unwrap_or(Err(ChannelError::Unavailable))))
+        };
+        if let Some(key) = &msg.key {
+            match self.node.store.idempotent(&self.name, key, now) {
+                Ok(Some(hit)) if *hit.epoch == *self.epoch => {
+                    if hit.offset <= self.durable {
+                        return Box::pin(ready(Ok(self.published(&hit.id, hit.offset))));
+                    }
+                    if let Some(p) = self.pending.iter_mut().find(|p| p.offset == hit.offset) {
+                        p.waiters.push(tx);
+                        return answer(rx);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Box::pin(ready(Err(ChannelError::Storage(e.to_string())))),
+            }
+        }
+        let offset = self.head + 1;
+        let stored = StoredMessage {
+            offset,
+            id: ulid::Ulid::new().to_string(),
+            ts_ms: now,
+            from: msg.from.as_deref().map(str::to_owned),
+            data: msg.raw,
+        };
+        let window = self.node.config.history.idempotency_window_ms;
+        let idem = msg.key.as_deref().map(|k| (k, now + window));
+        let durable = match self.node.log.append(&self.name, &stored, idem) {
+            Ok(d) => d,
+            Err(e) => return Box::pin(ready(Err(ChannelError::Storage(e.to_string())))),
+        };
+        self.head = offset;
+        Stats::add(&self.node.stats.publishes, 1);
+        self.pending.push_back(Pending {
+            offset,
+            id: stored.id,
+            from: msg.from,
+            data: msg.data,
+            waiters: vec![tx],
+        });
+        ctx.spawn(
+            durable
+                .into_actor(self)
+                .map(move |res, act, ctx| act.on_durable(offset, res, ctx)),
+        );
+        answer(rx)
+    }
+}
+
+impl Handler<Subscribe> for ChannelActor {
+    type Result = Result<(), ChannelError>;
+
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) -> Self::Result {
+        self.last_activity = Instant::now();
+        if msg.outbox.is_closed() {
+            return Err(ChannelError::Unavailable);
+        }
+        if self.subscribers.contains_key(&msg.session) {
+            return Err(ChannelError::AlreadySubscribed);
+        }
+        let mut replay_from = None;
+        let resume = match &msg.since {
+            None => None,
+            Some(pos) => {
+                let oldest = self
+                    .node
+                    .store
+                    .peek_state(&self.name)
+                    .map_err(|e| ChannelError::Storage(e.to_string()))?
+                    .and_then(|s| s.oldest);
+                let complete =
+                    pos.offset == self.durable || oldest.is_some_and(|o| o <= pos.offset + 1);
+                if *pos.epoch == *self.epoch && pos.offset <= self.durable && complete {
+                    if pos.offset < self.durable {
+                        replay_from = Some(pos.offset);
+                    }
+                    Some((true, self.durable - pos.offset))
+                } else {
+                    Some((false, 0))
+                }
+            }
+        };
+        let result = results::subscribed(&self.name, &self.epoch, self.durable, resume);
+        let reply = ServerFrame::Reply {
+            id: &msg.request,
+            result: &result,
+        };
+        let frame =
+            encode(msg.encoding, &reply).map_err(|e| ChannelError::Storage(e.to_string()))?;
+        if msg.outbox.try_send(frame).is_err() {
+            msg.evict.do_send(Evict {
+                code: CloseCode::SlowConsumer,
+                reason: None,
+            });
+            return Err(ChannelError::Unavailable);
+        }
+        let session = msg.session.clone();
+        if self.ns.join_leave {
+            self.announce(true, &session, msg.user.as_deref());
+        }
+        let job = replay_from.map(|after| ReplayJob {
+            store: self.node.store.clone(),
+            channel: self.name.clone(),
+            epoch: self.epoch.clone(),
+            encoding: msg.encoding,
+            outbox: msg.outbox.clone(),
+            after,
+            upto: self.durable,
+        });
+        self.subscribers.insert(
+            msg.session,
+            Subscriber {
+                user: msg.user,
+                encoding: msg.encoding,
+                outbox: msg.outbox,
+                evict: msg.evict,
+                replay: replay_from.map(|after| ReplayState {
+                    floor: after + 1,
+                    buffer: Vec::new(),
+                }),
+            },
+        );
+        Stats::gauge(&self.node.stats.subscriptions, 1);
+        if let Some(job) = job {
+            let me = ctx.address();
+            actix::spawn(async move {
+                let ok = replay::run(job).await;
+                me.do_send(ReplayDone { session, ok });
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Handler<ReplayDone> for ChannelActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReplayDone, _ctx: &mut Self::Context) {
+        let Some(sub) = self.subscribers.get_mut(&msg.session) else {
+            return;
+        };
+        let Some(state) = sub.replay.take() else {
+            return;
+        };
+        if let Err(e) = msg.ok {
+            tracing::error!(channel = %self.name, session = %msg.session, error = %e, "replay failed");
+            let evict = sub.evict.clone();
+            self.remove_subscriber(&msg.session, true);
+            evict.do_send(Evict {
+                code: CloseCode::Internal,
+                reason: Some("replay failed".into()),
+            });
+            return;
+        }
+        let mut full = false;
+        for d in &state.buffer {
+            if let Some(out) = d.get(sub.encoding) {
+                if sub.outbox.try_send(out.clone()).is_err() {
+                    full = true;
+                    break;
+                }
+            }
+        }
+        if full {
+            self.evict_slow(&msg.session);
+        }
+        self.trim();
+    }
+}
+
+impl Handler<Unsubscribe> for ChannelActor {
+    type Result = bool;
+
+    fn handle(&mut self, msg: Unsubscribe, _ctx: &mut Self::Context) -> bool {
+        self.last_activity = Instant::now();
+        self.remove_subscriber(&msg.session, true).is_some()
+    }
+}
+
+impl Handler<Presence> for ChannelActor {
+    type Result = Result<Vec<(String, Option<String>)>, ChannelError>;
+
+    fn handle(&mut self, _msg: Presence, _ctx: &mut Self::Context) -> Self::Result {
+        if !self.ns.presence {
+            return Err(ChannelError::PresenceDisabled);
+        }
+        let mut members: Vec<_> = self
+            .subscribers
+            .iter()
+            .map(|(s, sub)| (s.to_string(), sub.user.as_deref().map(str::to_owned)))
+            .collect();
+        members.sort();
+        Ok(members)
+    }
+}
+
+impl Handler<History> for ChannelActor {
+    type Result = Result<HistoryPage, ChannelError>;
+
+    fn handle(&mut self, msg: History, _ctx: &mut Self::Context) -> Self::Result {
+        self.last_activity = Instant::now();
+        let storage = |e: HistoryError| ChannelError::Storage(e.to_string());
+        let oldest = self
+            .node
+            .store
+            .peek_state(&self.name)
+            .map_err(storage)?
+            .and_then(|s| s.oldest);
+        let mut messages = if msg.since < self.durable {
+            self.node
+                .store
+                .range(&self.name, msg.since, msg.limit)
+                .map_err(storage)?
+        } else {
+            Vec::new()
+        };
+        // Appended but not yet durable messages are not history yet.
+        messages.retain(|m| m.offset <= self.durable);
+        let next = match messages.last() {
+            Some(m) if m.offset < self.durable => Some(m.offset),
+            _ => None,
+        };
+        Ok(HistoryPage {
+            epoch: self.epoch.to_string(),
+            head: self.durable,
+            oldest: oldest.filter(|o| *o <= self.durable),
+            messages,
+            next,
+        })
+    }
+}

@@ -1,0 +1,113 @@
+//! Channels: one actor per active channel, the only writer of its history and the fan-out point.
+//!
+//! A channel actor is started on first use on one of the channel arbiters (chosen by a hash of the name,
+//! so channels spread over threads), and stops after `channel.idle_ms` without subscribers or traffic. It
+//! assigns offsets through the [`Log`](crate::cluster::Log), waits for durability, then encodes each message
+//! once per wire encoding and hands the shared bytes to every subscriber's bounded outbox with `try_send`.
+//! It never awaits a socket: a full outbox evicts that subscriber as a slow consumer instead of slowing the
+//! channel for the others.
+
+mod actor;
+mod registry;
+mod replay;
+mod sweeper;
+
+pub use actor::{namespace_of, ChannelActor};
+pub use registry::Registry;
+pub use sweeper::start_sweeper;
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tokio::sync::mpsc;
+
+use crate::protocol::{CloseCode, Encoding, Outgoing, Position, RequestId};
+
+/// A session's outbox as channels see it: bounded, filled with `try_send`.
+pub type Outbox = mpsc::Sender<Outgoing>;
+
+/// Asks a session to close with a code (slow consumer, shutdown, operator).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Evict {
+    pub code: CloseCode,
+    pub reason: Option<String>,
+}
+
+/// Why a channel refused a command.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum ChannelError {
+    #[error("presence is disabled in this namespace")]
+    PresenceDisabled,
+    #[error("publishing is disabled in this namespace")]
+    PublishDisabled,
+    #[error("the session is already subscribed")]
+    AlreadySubscribed,
+    #[error("storage failure: {0}")]
+    Storage(String),
+    #[error("the channel is shutting down")]
+    Unavailable,
+}
+
+/// Subscribes a session. On success the channel itself queues the `reply` (before any replayed message).
+#[derive(Message)]
+#[rtype(result = "Result<(), ChannelError>")]
+pub struct Subscribe {
+    pub session: Arc<str>,
+    pub user: Option<Arc<str>>,
+    pub encoding: Encoding,
+    pub outbox: Outbox,
+    pub evict: Recipient<Evict>,
+    pub request: RequestId,
+    pub since: Option<Position>,
+}
+
+/// Removes a session from the channel. `announce` is false when the session is gone anyway.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Unsubscribe {
+    pub session: Arc<str>,
+}
+
+/// Publishes a message; answered once it is durable and delivered to the outboxes.
+#[derive(Message)]
+#[rtype(result = "Result<Published, ChannelError>")]
+pub struct Publish {
+    pub data: rmpv::Value,
+    /// Canonical MessagePack bytes of `data`, already validated by the protocol module.
+    pub raw: Vec<u8>,
+    pub from: Option<Arc<str>>,
+    pub key: Option<String>,
+}
+
+/// Where a published message landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub id: String,
+    pub epoch: String,
+    pub offset: u64,
+}
+
+/// Lists the sessions present.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(String, Option<String>)>, ChannelError>")]
+pub struct Presence;
+
+/// Reads a page of retained history.
+#[derive(Message)]
+#[rtype(result = "Result<HistoryPage, ChannelError>")]
+pub struct History {
+    pub since: u64,
+    pub limit: usize,
+}
+
+/// A page of history, with the channel's bounds.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub epoch: String,
+    pub head: u64,
+    pub oldest: Option<u64>,
+    pub messages: Vec<crate::history::StoredMessage>,
+    pub next: Option<u64>,
+}

@@ -1,0 +1,115 @@
+//! The registry of active channel actors and the arbiters they run on.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use actix::prelude::*;
+use actix_rt::{Arbiter, ArbiterHandle};
+
+use super::ChannelActor;
+use super::ChannelError;
+use crate::node::Node;
+
+/// Maps channel names to their actors and starts actors on demand, spread over arbiter threads by a hash
+/// of the name.
+pub struct Registry {
+    actors: Mutex<HashMap<Arc<str>, Addr<ChannelActor>>>,
+    arbiters: Vec<ArbiterHandle>,
+    /// Owned arbiters, stopped on drop.
+    _owned: Vec<Arbiter>,
+    max_channels: usize,
+}
+
+impl Registry {
+    /// Starts `threads` arbiters for channel actors. Must run inside an actix system.
+    pub fn new(threads: usize, max_channels: usize) -> Self {
+        let owned: Vec<Arbiter> = (0..threads.max(1)).map(|_| Arbiter::new()).collect();
+        Registry {
+            actors: Mutex::new(HashMap::new()),
+            arbiters: owned.iter().map(|a| a.handle()).collect(),
+            _owned: owned,
+            max_channels,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Addr<ChannelActor>>> {
+        self.actors.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The actor of `name`, started if needed.
+    pub fn get_or_start(
+        &self,
+        node: &Arc<Node>,
+        name: &str,
+    ) -> Result<Addr<ChannelActor>, ChannelError> {
+        let mut actors = self.lock();
+        if let Some(addr) = actors.get(name) {
+            if addr.connected() {
+                return Ok(addr.clone());
+            }
+        }
+        if node.is_draining() {
+            return Err(ChannelError::Unavailable);
+        }
+        if actors.len() >= self.max_channels {
+            return Err(ChannelError::Unavailable);
+        }
+        let name: Arc<str> = Arc::from(name);
+        let actor = ChannelActor::load(name.clone(), node.clone())
+            .map_err(|e| ChannelError::Storage(e.to_string()))?;
+        let mut h = DefaultHasher::new();
+        name.hash(&mut h);
+        let arbiter = &self.arbiters[(h.finish() as usize) % self.arbiters.len()];
+        let addr = ChannelActor::start_in_arbiter(arbiter, move |_| actor);
+        actors.insert(name, addr.clone());
+        Ok(addr)
+    }
+
+    /// Removes `name` if it still maps to `addr`. Returns whether the caller may stop.
+    pub fn remove_if(&self, name: &str, addr: &Addr<ChannelActor>) -> bool {
+        let mut actors = self.lock();
+        match actors.get(name) {
+            Some(a) if a == addr => {
+                actors.remove(name);
+                true
+            }
+            Some(_) => true,
+            None => true,
+        }
+    }
+
+    /// Whether `name` has a live actor.
+    pub fn is_active(&self, name: &str) -> bool {
+        self.lock().contains_key(name)
+    }
+
+    /// Number of active channel actors.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs `f` while holding the registry lock, if `name` has no active actor: no actor can start for it
+    /// meanwhile. Used by the retention sweeper for channels nobody is using.
+    pub fn with_inactive<R>(&self, name: &str, f: impl FnOnce() -> R) -> Option<R> {
+        let actors = self.lock();
+        if actors.contains_key(name) {
+            return None;
+        }
+        let r = f();
+        drop(actors);
+        Some(r)
+    }
+
+    /// Stops every arbiter (after shutdown).
+    pub fn stop(&self) {
+        for a in &self.arbiters {
+            a.stop();
+        }
+    }
+}

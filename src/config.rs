@@ -1,0 +1,410 @@
+//! Layered configuration.
+//!
+//! herald reads its settings in this order, each layer overriding the one before: built-in defaults,
+//! `config/default.toml` (if present in the working directory), the file given with `--config`,
+//! `HERALD_<SECTION>__<KEY>` environment variables, then command-line flags. Every struct denies unknown
+//! fields, so a typo fails start-up with a message that names the key instead of being silently ignored.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A layer could not be read or a key has an unknown name or a bad value; the message names the key.
+    #[error("configuration error: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    /// Values are individually well-formed but do not make sense together.
+    #[error("configuration error: {key}: {reason}")]
+    Semantic { key: String, reason: String },
+}
+
+/// The whole configuration of a node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub session: SessionConfig,
+    pub limits: LimitsConfig,
+    pub channel: ChannelConfig,
+    pub storage: StorageConfig,
+    pub history: HistoryConfig,
+    /// Per-namespace options. `default` applies to channels without a `:` and to namespaces not listed;
+    /// a listed namespace inherits every option it does not set from `default`.
+    pub namespaces: BTreeMap<String, NamespaceOverrides>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub allowed_origins: Vec<String>,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Arbiter threads that host channel actors; 0 means one per core.
+    pub channel_threads: usize,
+    /// Node id reported in `welcome`; empty means a fresh ULID at every start.
+    pub node_id: String,
+    /// How long shutdown waits for sessions to receive their `disconnect` frame.
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Interval of server WebSocket pings, announced in `welcome`.
+    pub heartbeat_ms: u64,
+    /// A connection that sends nothing (no pong, no frame) for this long is closed with 4002.
+    pub heartbeat_timeout_ms: u64,
+    /// Frames a session may have queued for its socket; a full outbox means a slow consumer (close 4001).
+    pub outbox_capacity: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest WebSocket frame or aggregated message accepted; larger closes with 1009.
+    pub max_frame_bytes: usize,
+    /// Largest encoded `data` of a publish; larger gets `too_large`.
+    pub max_publish_bytes: usize,
+    /// Deepest nesting of arrays/maps in a client frame.
+    pub max_depth: usize,
+    pub max_channel_len: usize,
+    /// Consecutive bad frames after which the connection is closed with 4000.
+    pub max_bad_frames: u32,
+    /// Sustained client frames per second per connection (token bucket).
+    pub messages_per_second: u32,
+    /// Bucket size of the per-connection rate limit.
+    pub messages_burst: u32,
+    pub max_subscriptions_per_connection: usize,
+    /// Active channel actors per node; beyond it commands get `unavailable`.
+    pub max_channels: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelConfig {
+    /// A channel actor with no subscribers and no traffic for this long stops (its history stays on disk).
+    pub idle_ms: u64,
+    /// Live messages buffered for one subscriber while its replay runs; beyond it the subscriber is a slow
+    /// consumer.
+    pub replay_buffer: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Group-commit window: publishes within it share one fsync. 0 flushes as soon as asked.
+    pub group_commit_ms: u64,
+    /// sled page cache size.
+    pub cache_mb: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Largest page a `history` command returns.
+    pub max_page: usize,
+    /// How long a publish `key` is remembered for idempotency.
+    pub idempotency_window_ms: u64,
+    /// How often retention (TTL) and expired idempotency keys are swept.
+    pub sweep_interval_ms: u64,
+}
+
+/// Effective options of one namespace.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NamespaceOptions {
+    pub presence: bool,
+    pub join_leave: bool,
+    pub allow_publish: bool,
+    /// Messages kept per channel; 0 keeps none (resume then only works when nothing was missed).
+    pub history_size: u64,
+    /// Age after which messages are trimmed; 0 means no age limit.
+    pub history_ttl_secs: u64,
+}
+
+/// Options as written in a `[namespaces.<name>]` table; unset ones come from `namespaces.default`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_leave: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_publish: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_ttl_secs: Option<u64>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8001)),
+            data_dir: PathBuf::from("./data"),
+            allowed_origins: Vec::new(),
+            workers: 0,
+            channel_threads: 0,
+            node_id: String::new(),
+            shutdown_grace_ms: 2000,
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            heartbeat_ms: 25_000,
+            heartbeat_timeout_ms: 60_000,
+            outbox_capacity: 1024,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_frame_bytes: 65_536,
+            max_publish_bytes: 32_768,
+            max_depth: 32,
+            max_channel_len: 128,
+            max_bad_frames: 10,
+            messages_per_second: 1000,
+            messages_burst: 2000,
+            max_subscriptions_per_connection: 256,
+            max_channels: 1_000_000,
+        }
+    }
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        ChannelConfig {
+            idle_ms: 30_000,
+            replay_buffer: 4096,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            group_commit_ms: 2,
+            cache_mb: 64,
+        }
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            max_page: 1000,
+            idempotency_window_ms: 600_000,
+            sweep_interval_ms: 10_000,
+        }
+    }
+}
+
+impl Default for NamespaceOptions {
+    fn default() -> Self {
+        NamespaceOptions {
+            presence: true,
+            join_leave: false,
+            allow_publish: true,
+            history_size: 1000,
+            history_ttl_secs: 86_400,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut namespaces = BTreeMap::new();
+        let d = NamespaceOptions::default();
+        namespaces.insert(
+            DEFAULT_NAMESPACE.to_string(),
+            NamespaceOverrides {
+                presence: Some(d.presence),
+                join_leave: Some(d.join_leave),
+                allow_publish: Some(d.allow_publish),
+                history_size: Some(d.history_size),
+                history_ttl_secs: Some(d.history_ttl_secs),
+            },
+        );
+        Config {
+            server: ServerConfig::default(),
+            session: SessionConfig::default(),
+            limits: LimitsConfig::default(),
+            channel: ChannelConfig::default(),
+            storage: StorageConfig::default(),
+            history: HistoryConfig::default(),
+            namespaces,
+        }
+    }
+}
+
+/// Name of the namespace that channels without `:` belong to.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Values given on the command line; `None` leaves the lower layers in force.
+#[derive(Debug, Default, Clone)]
+pub struct CliOverrides {
+    pub config_file: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads every layer. `base_file` is the development defaults file (`config/default.toml`), read only if it
+    /// exists.
+    pub fn load(base_file: &Path, cli: &CliOverrides) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if base_file.exists() {
+            fig = fig.merge(Toml::file_exact(base_file));
+        }
+        if let Some(file) = &cli.config_file {
+            fig = fig.merge(Toml::file_exact(file));
+        }
+        fig = fig.merge(Env::prefixed("HERALD_").split("__"));
+        if let Some(v) = cli.listen {
+            fig = fig.merge(Serialized::default("server.listen", v));
+        }
+        if let Some(v) = cli.admin_listen {
+            fig = fig.merge(Serialized::default("server.admin_listen", v));
+        }
+        if let Some(v) = &cli.data_dir {
+            fig = fig.merge(Serialized::default("server.data_dir", v));
+        }
+        let config: Config = fig.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks relations between values that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: &str| {
+            Err(ConfigError::Semantic {
+                key: key.to_string(),
+                reason: reason.to_string(),
+            })
+        };
+        if self.session.heartbeat_ms == 0 {
+            return bad("session.heartbeat_ms", "must be greater than 0");
+        }
+        if self.session.heartbeat_timeout_ms <= self.session.heartbeat_ms {
+            return bad(
+                "session.heartbeat_timeout_ms",
+                "must be greater than session.heartbeat_ms",
+            );
+        }
+        if self.session.outbox_capacity < 16 {
+            return bad("session.outbox_capacity", "must be at least 16");
+        }
+        if self.limits.max_frame_bytes < 1024 {
+            return bad("limits.max_frame_bytes", "must be at least 1024");
+        }
+        if self.limits.max_depth < 2 || self.limits.max_depth > 128 {
+            return bad("limits.max_depth", "must be between 2 and 128");
+        }
+        if self.limits.max_channel_len == 0 || self.limits.max_channel_len > 1024 {
+            return bad("limits.max_channel_len", "must be between 1 and 1024");
+        }
+        if self.limits.messages_per_second == 0 || self.limits.messages_burst == 0 {
+            return bad(
+                "limits.messages_per_second",
+                "rate and burst must be greater than 0",
+            );
+        }
+        if self.history.max_page == 0 {
+            return bad("history.max_page", "must be greater than 0");
+        }
+        for name in self.namespaces.keys() {
+            if name.is_empty() || name.contains(':') {
+                return bad(&format!("namespaces.{name}"), "bad namespace name");
+            }
+        }
+        Ok(())
+    }
+
+    /// Effective options for a namespace: its own table over `namespaces.default` over the built-ins.
+    pub fn namespace(&self, name: &str) -> NamespaceOptions {
+        let mut out = NamespaceOptions::default();
+        let layers = [
+            self.namespaces.get(DEFAULT_NAMESPACE),
+            self.namespaces
+                .get(name)
+                .filter(|_| name != DEFAULT_NAMESPACE),
+        ];
+        for o in layers.into_iter().flatten() {
+            out.presence = o.presence.unwrap_or(out.presence);
+            out.join_leave = o.join_leave.unwrap_or(out.join_leave);
+            out.allow_publish = o.allow_publish.unwrap_or(out.allow_publish);
+            out.history_size = o.history_size.unwrap_or(out.history_size);
+            out.history_ttl_secs = o.history_ttl_secs.unwrap_or(out.history_ttl_secs);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_default_toml_matches_builtin_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
+        let from_file: Config = Figment::from(Toml::file_exact(&path))
+            .extract()
+            .expect("config/default.toml parses");
+        assert_eq!(from_file, Config::default());
+    }
+
+    #[test]
+    fn production_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.example.toml");
+        let fig =
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::file_exact(&path));
+        let cfg: Config = fig.extract().expect("production example parses");
+        cfg.validate().expect("production example is valid");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let fig = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("[server]\nlisten_addr = \"1.2.3.4:5\"\n"));
+        let err = fig.extract::<Config>().unwrap_err().to_string();
+        assert!(err.contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let fig = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("[session]\nheartbeat_ms = \"often\"\n"));
+        let err = fig.extract::<Config>().unwrap_err().to_string();
+        assert!(err.contains("heartbeat_ms"), "{err}");
+    }
+
+    #[test]
+    fn namespace_inherits_from_default() {
+        let fig = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(
+            "[namespaces.default]\njoin_leave = true\n[namespaces.feed]\nallow_publish = false\n",
+        ));
+        let cfg: Config = fig.extract().unwrap();
+        let feed = cfg.namespace("feed");
+        assert!(!feed.allow_publish);
+        assert!(feed.join_leave, "inherited from default");
+        assert!(cfg.namespace("unknown").allow_publish);
+    }
+}

@@ -1,0 +1,207 @@
+//! Group commit: one background thread turns many "make my writes durable" requests into few flushes.
+//!
+//! Exists because `sled::Db::flush()` costs an fsync (hundreds of microseconds to milliseconds) and a
+//! busy broker asks for durability thousands of times per second. [`Flusher::durable`] only registers
+//! a waiter (a mutex push and a oneshot), the thread waits out the `group_commit` window counted from
+//! the first waiter of a batch, takes every waiter registered so far, runs ONE flush and answers them
+//! all. Because waiters are taken before the flush starts, each flush started after every waiter it
+//! answers registered, so it covers every write issued before the corresponding `durable()` call.
+//!
+//! A flush error is sent to every waiter of that batch; a waiter is never dropped without an answer
+//! (if the thread dies, the oneshot sender is dropped and the waiter resolves with
+//! [`HistoryError::FlusherGone`]). On shutdown the thread answers the pending waiters with one last
+//! flush before exiting.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::error::HistoryError;
+
+type Reply = oneshot::Sender<Result<(), HistoryError>>;
+
+#[derive(Default)]
+struct State {
+    waiters: Vec<Reply>,
+    /// When the first waiter of the current batch arrived (window start).
+    first_at: Option<Instant>,
+    shutdown: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+impl Shared {
+    /// Locks the state, recovering from poisoning (the state stays consistent: a Vec and flags).
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Owner of the flusher thread. Dropping it stops the thread after answering pending waiters.
+pub(crate) struct Flusher {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Flusher {
+    /// Starts the flusher thread for `db`. `flushes` counts every flush it runs.
+    pub(crate) fn start(
+        db: sled::Db,
+        window: Duration,
+        flushes: Arc<AtomicU64>,
+    ) -> std::io::Result<Flusher> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+        });
+        let s2 = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("history-flusher".into())
+            .spawn(move || run(&s2, &db, window, &flushes))?;
+        Ok(Flusher {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Registers a waiter; see [`crate::history::Store::durable`].
+    pub(crate) fn durable(&self) -> Durable {
+        let (tx, rx) = oneshot::channel();
+        let first = {
+            let mut st = self.shared.lock();
+            if st.shutdown {
+                return Durable::ready(Err(HistoryError::Closed));
+            }
+            let first = st.waiters.is_empty();
+            if first {
+                st.first_at = Some(Instant::now());
+            }
+            st.waiters.push(tx);
+            first
+        };
+        // Only the first waiter of a batch needs to wake the thread; later ones ride along.
+        if first {
+            self.shared.wake.notify_one();
+        }
+        Durable {
+            inner: DurableInner::Wait(rx),
+        }
+    }
+
+    /// Stops the thread (after it answered every pending waiter) and waits for it. Idempotent.
+    pub(crate) fn stop(&self) {
+        self.shared.lock().shutdown = true;
+        self.shared.wake.notify_one();
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            if h.join().is_err() {
+                tracing::error!("history flusher thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(shared: &Shared, db: &sled::Db, window: Duration, flushes: &AtomicU64) {
+    loop {
+        let batch = {
+            let mut st = shared.lock();
+            // Sleep until there is work.
+            while st.waiters.is_empty() && !st.shutdown {
+                st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            if st.waiters.is_empty() {
+                // shutdown with nothing pending
+                return;
+            }
+            // Wait out the window counted from the first waiter (unless shutting down).
+            if !window.is_zero() {
+                let deadline = st.first_at.unwrap_or_else(Instant::now) + window;
+                loop {
+                    let now = Instant::now();
+                    if st.shutdown || now >= deadline {
+                        break;
+                    }
+                    st = shared
+                        .wake
+                        .wait_timeout(st, deadline - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+            st.first_at = None;
+            std::mem::take(&mut st.waiters)
+        };
+        // The flush starts strictly after every waiter in `batch` registered.
+        let res = db.flush().map(|_| ()).map_err(HistoryError::Sled);
+        flushes.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = &res {
+            tracing::error!(error = %e, waiters = batch.len(), "history group-commit flush failed");
+        }
+        for tx in batch {
+            let r = match &res {
+                Ok(()) => Ok(()),
+                Err(HistoryError::Sled(e)) => Err(HistoryError::Sled(e.clone())),
+                Err(_) => Err(HistoryError::FlusherGone), // unreachable: res is only Ok or Sled
+            };
+            // A waiter that gave up (dropped its future) is fine to ignore.
+            let _ = tx.send(r);
+        }
+    }
+}
+
+/// Future returned by [`crate::history::Store::durable`]: resolves once a flush that started after the
+/// call completed. `Send + 'static`; needs no particular runtime (it wraps a tokio oneshot).
+#[must_use = "durability is only known once the future resolves"]
+pub struct Durable {
+    inner: DurableInner,
+}
+
+enum DurableInner {
+    Ready(Option<Result<(), HistoryError>>),
+    Wait(oneshot::Receiver<Result<(), HistoryError>>),
+}
+
+impl Durable {
+    pub(crate) fn ready(r: Result<(), HistoryError>) -> Durable {
+        Durable {
+            inner: DurableInner::Ready(Some(r)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Durable")
+    }
+}
+
+impl Future for Durable {
+    type Output = Result<(), HistoryError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match &mut this.inner {
+            DurableInner::Ready(r) => Poll::Ready(r.take().unwrap_or(Err(HistoryError::Closed))),
+            DurableInner::Wait(rx) => match Pin::new(rx).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(r)) => Poll::Ready(r),
+                Poll::Ready(Err(_)) => Poll::Ready(Err(HistoryError::FlusherGone)),
+            },
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! On-disk layout: key builders and value codecs.
+//!
+//! Exists so the byte layout lives in one place, is documented, and every decode of bytes read from
+//! disk is checked (a short or malformed value is [`HistoryError::Corrupt`], never a panic).
+//!
+//! Trees (all in one sled `Db`):
+//! - `messages`: `channel ++ 0x00 ++ offset (u64 BE)` -> [`encode_message`]. Big-endian offsets make a
+//!   channel's messages one contiguous, ordered key range.
+//! - `meta`: `channel` -> [`Meta`] (epoch, head). Keyed by the bare name, so listing channels in name
+//!   order with a prefix and a cursor is a plain range scan.
+//! - `idem`: `channel ++ 0x00 ++ key` -> [`IdemEntry`].
+//! - `idem_exp`: `expires_at_ms (u64 BE) ++ channel ++ 0x00 ++ key` -> empty. Expiry index, so the
+//!   store-wide sweep only visits expired entries.
+//! - `cursors`: `name` -> u64 BE.
+//!
+//! Values start with a format byte ([`V1`]) so the layout can evolve.
+
+use super::error::HistoryError;
+
+/// Format byte at the start of every value (except cursors, which are a bare u64).
+pub(crate) const V1: u8 = 1;
+
+/// Key of the store-wide format marker in the default tree.
+pub(crate) const FORMAT_KEY: &[u8] = b"herald.history.format";
+pub(crate) const FORMAT_VALUE: &[u8] = b"1";
+
+/// Checks that a channel name can be used inside keys.
+pub(crate) fn check_channel(channel: &str) -> Result<(), HistoryError> {
+    if channel.is_empty() {
+        return Err(HistoryError::InvalidChannel {
+            channel: channel.to_owned(),
+            why: "empty",
+        });
+    }
+    if channel.as_bytes().contains(&0) {
+        return Err(HistoryError::InvalidChannel {
+            channel: channel.to_owned(),
+            why: "contains 0x00",
+        });
+    }
+    Ok(())
+}
+
+/// `channel ++ 0x00`: the prefix of a channel's messages and idempotency keys.
+pub(crate) fn channel_prefix(channel: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(channel.len() + 1);
+    k.extend_from_slice(channel.as_bytes());
+    k.push(0);
+    k
+}
+
+pub(crate) fn message_key(channel: &str, offset: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(channel.len() + 9);
+    k.extend_from_slice(channel.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
+/// Offset part of a message key (the key must start with `prefix`).
+pub(crate) fn message_key_offset(key: &[u8], prefix_len: usize) -> Result<u64, HistoryError> {
+    let tail = key
+        .get(prefix_len..)
+        .ok_or_else(|| HistoryError::corrupt("message key shorter than its prefix"))?;
+    let arr: [u8; 8] = tail.try_into().map_err(|_| {
+        HistoryError::corrupt(format!("message key with {} offset bytes", tail.len()))
+    })?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+pub(crate) fn idem_key(channel: &str, key: &str) -> Vec<u8> {
+    let mut k = channel_prefix(channel);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+pub(crate) fn idem_exp_key(expires_at_ms: u64, idem_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + idem_key.len());
+    k.extend_from_slice(&expires_at_ms.to_be_bytes());
+    k.extend_from_slice(idem_key);
+    k
+}
+
+/// Splits an `idem_exp` key into (expires_at_ms, idem key).
+pub(crate) fn split_idem_exp_key(k: &[u8]) -> Result<(u64, &[u8]), HistoryError> {
+    if k.len() < 8 {
+        return Err(HistoryError::corrupt(
+            "idempotency expiry key shorter than 8 bytes",
+        ));
+    }
+    let (ts, rest) = k.split_at(8);
+    let mut arr = [0u8; 8];
+    arr.copy_from_slice(ts);
+    Ok((u64::from_be_bytes(arr), rest))
+}
+
+pub(crate) fn encode_u64(v: u64) -> [u8; 8] {
+    v.to_be_bytes()
+}
+
+pub(crate) fn decode_u64(bytes: &[u8], what: &str) -> Result<u64, HistoryError> {
+    let arr: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| HistoryError::corrupt(format!("{what}: {} bytes, expected 8", bytes.len())))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+/// Bounds-checked reader over a value.
+struct Reader<'a> {
+    buf: &'a [u8],
+    what: &'a str,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8], what: &'a str) -> Result<Self, HistoryError> {
+        let mut r = Reader { buf, what };
+        let v = r.u8()?;
+        if v != V1 {
+            return Err(HistoryError::corrupt(format!(
+                "{what}: unknown format byte {v}"
+            )));
+        }
+        Ok(r)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], HistoryError> {
+        if self.buf.len() < n {
+            return Err(HistoryError::corrupt(format!(
+                "{}: truncated value",
+                self.what
+            )));
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, HistoryError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, HistoryError> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_be_bytes(a))
+    }
+
+    fn u64(&mut self) -> Result<u64, HistoryError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(a))
+    }
+
+    fn string(&mut self) -> Result<String, HistoryError> {
+        let n = self.u32()? as usize;
+        let b = self.take(n)?;
+        self.utf8(b)
+    }
+
+    fn utf8(&self, b: &[u8]) -> Result<String, HistoryError> {
+        String::from_utf8(b.to_vec())
+            .map_err(|_| HistoryError::corrupt(format!("{}: invalid UTF-8", self.what)))
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
+    }
+}
+
+fn put_string(out: &mut Vec<u8>, s: &str) {
+    // Strings stored here (ids, user names, epochs) are far below 4 GiB.
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Channel metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub epoch: String,
+    pub head: u64,
+}
+
+/// `[V1][head u64][epoch utf8 ...rest]`
+pub(crate) fn encode_meta(m: &Meta) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + m.epoch.len());
+    out.push(V1);
+    out.extend_from_slice(&m.head.to_be_bytes());
+    out.extend_from_slice(m.epoch.as_bytes());
+    out
+}
+
+pub(crate) fn decode_meta(b: &[u8]) -> Result<Meta, HistoryError> {
+    let mut r = Reader::new(b, "channel meta")?;
+    let head = r.u64()?;
+    let rest = r.rest();
+    let epoch = r.utf8(rest)?;
+    Ok(Meta { epoch, head })
+}
+
+/// Message value without the offset (the offset is in the key).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct MessageValue {
+    pub id: String,
+    pub ts_ms: u64,
+    pub from: Option<String>,
+    pub data: Vec<u8>,
+}
+
+/// `[V1][ts_ms u64][id: u32 len + utf8][from: 0 | 1 + u32 len + utf8][data ...rest]`
+pub(crate) fn encode_message(id: &str, ts_ms: u64, from: Option<&str>, data: &[u8]) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(1 + 8 + 4 + id.len() + 5 + from.map_or(0, str::len) + data.len());
+    out.push(V1);
+    out.extend_from_slice(&ts_ms.to_be_bytes());
+    put_string(&mut out, id);
+    match from {
+        None => out.push(0),
+        Some(f) => {
+            out.push(1);
+            put_string(&mut out, f);
+        }
+    }
+    out.extend_from_slice(data);
+    out
+}
+
+pub(crate) fn decode_message(b: &[u8]) -> Result<MessageValue, HistoryError> {
+    let mut r = Reader::new(b, "message")?;
+    let ts_ms = r.u64()?;
+    let id = r.string()?;
+    let from = match r.u8()? {
+        0 => None,
+        1 => Some(r.string()?),
+        x => {
+            return Err(HistoryError::corrupt(format!(
+                "message: bad `from` tag {x}"
+            )))
+        }
+    };
+    let data = r.rest().to_vec();
+    Ok(MessageValue {
+        id,
+        ts_ms,
+        from,
+        data,
+    })
+}
+
+/// Reads only the timestamp of a message value (used by age trimming).
+pub(crate) fn message_ts(b: &[u8]) -> Result<u64, HistoryError> {
+    let mut r = Reader::new(b, "message")?;
+    r.u64()
+}
+
+/// Idempotency entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct IdemEntry {
+    pub id: String,
+    pub epoch: String,
+    pub offset: u64,
+    pub expires_at_ms: u64,
+}
+
+/// `[V1][offset u64][expires_at_ms u64][id: u32 len + utf8][epoch ...rest]`
+pub(crate) fn encode_idem(e: &IdemEntry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 16 + 4 + e.id.len() + e.epoch.len());
+    out.push(V1);
+    out.extend_from_slice(&e.offset.to_be_bytes());
+    out.extend_from_slice(&e.expires_at_ms.to_be_bytes());
+    put_string(&mut out, &e.id);
+    out.extend_from_slice(e.epoch.as_bytes());
+    out
+}
+
+pub(crate) fn decode_idem(b: &[u8]) -> Result<IdemEntry, HistoryError> {
+    let mut r = Reader::new(b, "idempotency entry")?;
+    let offset = r.u64()?;
+    let expires_at_ms = r.u64()?;
+    let id = r.string()?;
+    let rest = r.rest();
+    let epoch = r.utf8(rest)?;
+    Ok(IdemEntry {
+        id,
+        epoch,
+        offset,
+        expires_at_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codecs_round_trip_and_reject_garbage() {
+        let m = Meta {
+            epoch: "E".into(),
+            head: 7,
+        };
+        assert_eq!(decode_meta(&encode_meta(&m)).unwrap(), m);
+        let v = encode_message("id", 5, Some("al"), b"\x81\xa1x\x01");
+        let d = decode_message(&v).unwrap();
+        assert_eq!(
+            (d.id.as_str(), d.ts_ms, d.from.as_deref()),
+            ("id", 5, Some("al"))
+        );
+        assert_eq!(d.data, b"\x81\xa1x\x01");
+        assert_eq!(message_ts(&v).unwrap(), 5);
+        let e = IdemEntry {
+            id: "i".into(),
+            epoch: "E".into(),
+            offset: 3,
+            expires_at_ms: 9,
+        };
+        assert_eq!(decode_idem(&encode_idem(&e)).unwrap(), e);
+        for bad in [
+            &b""[..],
+            b"\x02",
+            b"\x01\x00",
+            b"\x01\x00\x00\x00\x00\x00\x00\x00\x01\xff",
+        ] {
+            assert!(matches!(
+                decode_message(bad),
+                Err(HistoryError::Corrupt { .. })
+            ));
+            assert!(matches!(
+                decode_idem(bad),
+                Err(HistoryError::Corrupt { .. })
+            ));
+        }
+        assert!(matches!(
+            decode_meta(b"\x01\x00"),
+            Err(HistoryError::Corrupt { .. })
+        ));
+        assert!(decode_u64(b"abc", "cursor").is_err());
+        assert!(message_key_offset(b"a\0\x01", 2).is_err());
+        assert_eq!(message_key_offset(&message_key("a", 9), 2).unwrap(), 9);
+    }
+}

@@ -1,0 +1,493 @@
+//! The sled-backed [`Store`]: open (with move-aside of corrupt dirs), append, range, trim, reset,
+//! idempotency, channel listing and cursors.
+//!
+//! Exists to keep every sled access of the history in one file, so the atomicity argument (see
+//! `mod.rs`) can be checked by reading one place. Layout and codecs live in `keys.rs`, group commit in
+//! `commit.rs`.
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::Transactional;
+use sled::{IVec, Tree};
+
+use super::commit::{Durable, Flusher};
+use super::error::HistoryError;
+use super::keys::{self, IdemEntry, Meta};
+use super::{ChannelState, IdempotentHit, OpenReport, Retention, StoreConfig, StoredMessage};
+
+/// Keys removed per transaction by trim / reset / sweep: bounds the memory and lock time of one
+/// transaction while keeping each step crash-consistent.
+pub(super) const CHUNK: usize = 1024;
+
+/// Offsets stay below 2^53 (protocol rule).
+const MAX_OFFSET: u64 = 1 << 53;
+
+pub(super) type TxResult<T> = Result<T, ConflictableTransactionError<HistoryError>>;
+
+pub(super) fn abort<T>(e: HistoryError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+/// Handle to the history store. Cheap to clone; all clones share one sled `Db` and one flusher
+/// thread, which stops when the last clone is dropped (or on [`Store::close`]).
+#[derive(Clone)]
+pub struct Store {
+    pub(super) inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    // `flusher` is declared first so it is dropped (thread stopped, pending waiters answered) first.
+    pub(super) flusher: Flusher,
+    pub(super) db: sled::Db,
+    pub(super) messages: Tree,
+    pub(super) meta: Tree,
+    pub(super) idem: Tree,
+    pub(super) idem_exp: Tree,
+    pub(super) cursors: Tree,
+    pub(super) flushes: Arc<AtomicU64>,
+    pub(super) path: PathBuf,
+}
+
+/// Why an open attempt failed.
+enum OpenFailure {
+    /// Locked by another process or not accessible: moving it aside would be wrong.
+    Unavailable(sled::Error),
+    /// Unreadable / corrupt / wrong format: move it aside and start fresh.
+    Corrupt(String, Option<sled::Error>),
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub(super) fn new_epoch() -> String {
+    ulid::Ulid::new().to_string()
+}
+
+fn classify(e: sled::Error) -> OpenFailure {
+    match &e {
+        sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::PermissionDenied
+                || io.to_string().contains("could not acquire lock") =>
+        {
+            OpenFailure::Unavailable(e)
+        }
+        _ => OpenFailure::Corrupt(e.to_string(), Some(e)),
+    }
+}
+
+fn try_open(cfg: &StoreConfig) -> Result<Store, OpenFailure> {
+    let path = cfg.path.clone();
+    let cache = cfg.cache_bytes;
+    // sled may panic on some kinds of garbage instead of returning an error.
+    let opened = std::panic::catch_unwind(move || -> Result<_, sled::Error> {
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(cache)
+            .open()?;
+        let trees = (
+            db.open_tree("messages")?,
+            db.open_tree("meta")?,
+            db.open_tree("idem")?,
+            db.open_tree("idem_exp")?,
+            db.open_tree("cursors")?,
+        );
+        Ok((db, trees))
+    });
+    let (db, (messages, meta, idem, idem_exp, cursors)) = match opened {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => return Err(classify(e)),
+        Err(_) => {
+            return Err(OpenFailure::Corrupt(
+                "sled panicked while opening".into(),
+                None,
+            ))
+        }
+    };
+    // Format marker and a cheap sanity read.
+    let check = || -> Result<(), HistoryError> {
+        match db.get(keys::FORMAT_KEY)? {
+            Some(v) if v.as_ref() == keys::FORMAT_VALUE => {}
+            Some(v) => {
+                return Err(HistoryError::corrupt(format!(
+                    "unknown store format {:?}",
+                    v.as_ref()
+                )))
+            }
+            None => {
+                db.insert(keys::FORMAT_KEY, keys::FORMAT_VALUE)?;
+            }
+        }
+        if let Some(kv) = meta.iter().next() {
+            let (_, v) = kv?;
+            keys::decode_meta(&v)?;
+        }
+        Ok(())
+    };
+    if let Err(e) = check() {
+        return Err(OpenFailure::Corrupt(e.to_string(), None));
+    }
+    let flushes = Arc::new(AtomicU64::new(0));
+    let flusher = Flusher::start(db.clone(), cfg.group_commit, Arc::clone(&flushes))
+        .map_err(|e| OpenFailure::Unavailable(sled::Error::Io(e)))?;
+    Ok(Store {
+        inner: Arc::new(Inner {
+            flusher,
+            db,
+            messages,
+            meta,
+            idem,
+            idem_exp,
+            cursors,
+            flushes,
+            path: cfg.path.clone(),
+        }),
+    })
+}
+
+fn aside_path(path: &Path, ms: u64) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(format!(".corrupt-{ms}"));
+    path.with_file_name(name)
+}
+
+impl Store {
+    /// Opens (creates) the store. If the dir cannot be opened or is corrupt it is renamed to
+    /// `<path>.corrupt-<unix_ms>` (logged with `tracing::error!`) and a fresh empty store is opened,
+    /// so every channel gets a new epoch. A dir that is locked by another process or not accessible
+    /// (permission denied) is NOT moved aside: that is [`HistoryError::Unavailable`].
+    pub fn open(cfg: &StoreConfig) -> Result<(Store, OpenReport), HistoryError> {
+        let reason = match try_open(cfg) {
+            Ok(s) => return Ok((s, OpenReport { moved_aside: None })),
+            Err(OpenFailure::Unavailable(source)) => {
+                return Err(HistoryError::Unavailable {
+                    path: cfg.path.clone(),
+                    source,
+                })
+            }
+            Err(OpenFailure::Corrupt(reason, _)) => reason,
+        };
+        let to = aside_path(&cfg.path, unix_ms());
+        let moved_aside = if cfg.path.exists() {
+            std::fs::rename(&cfg.path, &to).map_err(|source| HistoryError::MoveAside {
+                from: cfg.path.clone(),
+                to: to.clone(),
+                source,
+            })?;
+            tracing::error!(
+                path = %cfg.path.display(),
+                moved_to = %to.display(),
+                %reason,
+                "HISTORY STORE CORRUPT: moved aside, starting an empty store; every channel gets a new epoch"
+            );
+            Some(to)
+        } else {
+            tracing::error!(path = %cfg.path.display(), %reason, "history store cannot be opened");
+            None
+        };
+        match try_open(cfg) {
+            Ok(s) => Ok((s, OpenReport { moved_aside })),
+            Err(OpenFailure::Unavailable(source)) | Err(OpenFailure::Corrupt(_, Some(source))) => {
+                Err(HistoryError::Open {
+                    path: cfg.path.clone(),
+                    source,
+                })
+            }
+            Err(OpenFailure::Corrupt(reason, None)) => Err(HistoryError::Open {
+                path: cfg.path.clone(),
+                source: sled::Error::Unsupported(reason),
+            }),
+        }
+    }
+
+    /// Directory of the store.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub(super) fn get_meta(&self, channel: &str) -> Result<Option<Meta>, HistoryError> {
+        match self.inner.meta.get(channel.as_bytes())? {
+            Some(v) => Ok(Some(keys::decode_meta(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Oldest retained offset of a channel (first key of its range: one seek, no scan).
+    fn oldest(&self, channel: &str) -> Result<Option<u64>, HistoryError> {
+        let prefix = keys::channel_prefix(channel);
+        match self.inner.messages.scan_prefix(&prefix).keys().next() {
+            Some(k) => Ok(Some(keys::message_key_offset(&k?, prefix.len())?)),
+            None => Ok(None),
+        }
+    }
+
+    pub(super) fn state_of(&self, channel: &str, m: Meta) -> Result<ChannelState, HistoryError> {
+        Ok(ChannelState {
+            oldest: self.oldest(channel)?,
+            epoch: m.epoch,
+            head: m.head,
+        })
+    }
+
+    /// Current state; for an unknown channel creates and persists a fresh epoch (ULID) with head 0.
+    pub fn channel_state(&self, channel: &str) -> Result<ChannelState, HistoryError> {
+        keys::check_channel(channel)?;
+        if let Some(m) = self.get_meta(channel)? {
+            return self.state_of(channel, m);
+        }
+        let fresh = Meta {
+            epoch: new_epoch(),
+            head: 0,
+        };
+        let cas = self.inner.meta.compare_and_swap(
+            channel.as_bytes(),
+            None::<&[u8]>,
+            Some(keys::encode_meta(&fresh)),
+        )?;
+        let m = match cas {
+            Ok(()) => fresh,
+            // Someone else created it first: use theirs.
+            Err(e) => match e.current {
+                Some(v) => keys::decode_meta(&v)?,
+                None => {
+                    return Err(HistoryError::corrupt(
+                        "channel meta vanished during creation",
+                    ))
+                }
+            },
+        };
+        self.state_of(channel, m)
+    }
+
+    /// Like [`Store::channel_state`] but never creates anything (`None` if unknown).
+    pub fn peek_state(&self, channel: &str) -> Result<Option<ChannelState>, HistoryError> {
+        keys::check_channel(channel)?;
+        match self.get_meta(channel)? {
+            Some(m) => Ok(Some(self.state_of(channel, m)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Appends `msg` (`msg.offset` must be head+1 of the current epoch, else `OffsetMismatch`) and, if
+    /// given, an idempotency entry `(key, expires_at_ms)`. One sled transaction over the messages,
+    /// meta, idem and idem_exp trees, so message, head and idempotency entry land together or not at
+    /// all. Does NOT flush: durability comes from [`Store::durable`].
+    pub fn append(
+        &self,
+        channel: &str,
+        msg: &StoredMessage,
+        idem: Option<(&str, u64)>,
+    ) -> Result<(), HistoryError> {
+        keys::check_channel(channel)?;
+        if msg.offset >= MAX_OFFSET {
+            return Err(HistoryError::OffsetOverflow {
+                channel: channel.to_owned(),
+                offset: msg.offset,
+            });
+        }
+        let mkey = keys::message_key(channel, msg.offset);
+        let mval = keys::encode_message(&msg.id, msg.ts_ms, msg.from.as_deref(), &msg.data);
+        let ikey = idem.map(|(k, exp)| (keys::idem_key(channel, k), exp));
+        let epoch_if_new = new_epoch();
+        let i = &self.inner;
+        (&i.messages, &i.meta, &i.idem, &i.idem_exp).transaction(|(tm, tmeta, ti, tx)| {
+            let meta = match tmeta.get(channel.as_bytes())? {
+                Some(v) => match keys::decode_meta(&v) {
+                    Ok(m) => m,
+                    Err(e) => return abort(e),
+                },
+                None => Meta {
+                    epoch: epoch_if_new.clone(),
+                    head: 0,
+                },
+            };
+            if msg.offset != meta.head + 1 {
+                return abort(HistoryError::OffsetMismatch {
+                    channel: channel.to_owned(),
+                    expected: meta.head + 1,
+                    got: msg.offset,
+                });
+            }
+            tm.insert(mkey.as_slice(), mval.as_slice())?;
+            if let Some((ikey, expires_at_ms)) = &ikey {
+                replace_idem_index(ti, tx, ikey, *expires_at_ms)?;
+                let entry = IdemEntry {
+                    id: msg.id.clone(),
+                    epoch: meta.epoch.clone(),
+                    offset: msg.offset,
+                    expires_at_ms: *expires_at_ms,
+                };
+                ti.insert(ikey.as_slice(), keys::encode_idem(&entry))?;
+            }
+            let new_meta = Meta {
+                epoch: meta.epoch,
+                head: msg.offset,
+            };
+            tmeta.insert(channel.as_bytes(), keys::encode_meta(&new_meta))?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Idempotency lookup; entries with `expires_at_ms <= now_ms` count as absent.
+    pub fn idempotent(
+        &self,
+        channel: &str,
+        key: &str,
+        now_ms: u64,
+    ) -> Result<Option<IdempotentHit>, HistoryError> {
+        keys::check_channel(channel)?;
+        let Some(v) = self.inner.idem.get(keys::idem_key(channel, key))? else {
+            return Ok(None);
+        };
+        let e = keys::decode_idem(&v)?;
+        if e.expires_at_ms <= now_ms {
+            return Ok(None);
+        }
+        Ok(Some(IdempotentHit {
+            id: e.id,
+            epoch: e.epoch,
+            offset: e.offset,
+        }))
+    }
+
+    /// Messages with offset > `after`, ascending, at most `limit`.
+    pub fn range(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, HistoryError> {
+        keys::check_channel(channel)?;
+        let Some(first) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let prefix = keys::channel_prefix(channel);
+        let mut end = prefix.clone();
+        if let Some(last) = end.last_mut() {
+            *last = 1; // channel ++ 0x01: just past every channel ++ 0x00 ++ offset key
+        }
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for kv in self
+            .inner
+            .messages
+            .range(keys::message_key(channel, first)..end)
+            .take(limit)
+        {
+            let (k, v) = kv?;
+            let offset = keys::message_key_offset(&k, prefix.len())?;
+            let m = keys::decode_message(&v)?;
+            out.push(StoredMessage {
+                offset,
+                id: m.id,
+                ts_ms: m.ts_ms,
+                from: m.from,
+                data: m.data,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Known channels in name order, names starting with `prefix`, strictly after `after`, at most
+    /// `limit`. A range scan starting at the cursor: cost is proportional to `limit`.
+    pub fn channels(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, ChannelState)>, HistoryError> {
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a.as_bytes().to_vec()),
+            _ => Bound::Included(prefix.as_bytes().to_vec()),
+        };
+        let mut out = Vec::new();
+        for kv in self.inner.meta.range((start, Bound::Unbounded)) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = kv?;
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            let name = String::from_utf8(k.to_vec())
+                .map_err(|_| HistoryError::corrupt("channel name is not UTF-8"))?;
+            let m = keys::decode_meta(&v)?;
+            let st = self.state_of(&name, m)?;
+            out.push((name, st));
+        }
+        Ok(out)
+    }
+
+    /// Named cursor (e.g. the last applied cluster stream offset).
+    pub fn get_cursor(&self, name: &str) -> Result<Option<u64>, HistoryError> {
+        match self.inner.cursors.get(name.as_bytes())? {
+            Some(v) => Ok(Some(keys::decode_u64(&v, "cursor")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Sets a named cursor. Not flushed: use [`Store::durable`].
+    pub fn set_cursor(&self, name: &str, value: u64) -> Result<(), HistoryError> {
+        self.inner
+            .cursors
+            .insert(name.as_bytes(), &keys::encode_u64(value))?;
+        Ok(())
+    }
+
+    /// Group commit: resolves once a flush that started after this call completed. See `mod.rs`.
+    pub fn durable(&self) -> Durable {
+        self.inner.flusher.durable()
+    }
+
+    /// Synchronous flush (shutdown path).
+    pub fn flush(&self) -> Result<(), HistoryError> {
+        self.inner.db.flush()?;
+        self.inner.flushes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Number of flushes run so far (group commit and [`Store::flush`]); for tests and metrics.
+    pub fn flush_count(&self) -> u64 {
+        self.inner.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Stops the flusher thread (answering pending waiters first), then flushes. Later `durable()`
+    /// calls resolve with [`HistoryError::Closed`]; the store stays usable otherwise.
+    pub fn close(&self) -> Result<(), HistoryError> {
+        self.inner.flusher.stop();
+        self.flush()
+    }
+
+    /// Approximate on-disk size in bytes.
+    pub fn size_on_disk(&self) -> Result<u64, HistoryError> {
+        Ok(self.inner.db.size_on_disk()?)
+    }
+}
+
+/// Drops the expiry-index entry of an idempotency entry about to be overwritten.
+fn replace_idem_index(
+    ti: &TransactionalTree,
+    tx: &TransactionalTree,
+    ikey: &[u8],
+    new_expiry: u64,
+) -> TxResult<()> {
+    if let Some(old) = ti.get(ikey)? {
+        if let Ok(old) = keys::decode_idem(&old) {
+            if old.expires_at_ms != new_expiry {
+                tx.remove(keys::idem_exp_key(old.expires_at_ms, ikey))?;
+            }
+        }
+    }
+    tx.insert(keys::idem_exp_key(new_expiry, ikey), &[] as &[u8])?;
+    Ok(())
+}

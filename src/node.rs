@@ -1,0 +1,137 @@
+//! The state one node shares between its listeners, sessions and channels.
+//!
+//! Everything here is either immutable (config, ids) or a small thread-safe registry, so sessions on any
+//! worker and channel actors on any arbiter can reach it without going through one actor.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use actix::Recipient;
+
+use crate::channel::{Evict, Registry};
+use crate::cluster::Log;
+use crate::config::Config;
+use crate::history::Store;
+
+/// Counters and gauges of a node. Gauges are signed so a racing decrement never wraps.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub sessions: AtomicI64,
+    pub subscriptions: AtomicI64,
+    pub channels: AtomicI64,
+    pub connections_opened: AtomicU64,
+    pub connections_closed: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub publishes: AtomicU64,
+    pub slow_consumers: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub bad_frames: AtomicU64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn gauge(g: &AtomicI64, delta: i64) {
+        g.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    pub fn get(g: &AtomicI64) -> i64 {
+        g.load(Ordering::Relaxed)
+    }
+}
+
+/// What the node knows about one live session (for shutdown and, later, the admin API).
+#[derive(Clone)]
+pub struct SessionEntry {
+    pub user: Option<Arc<str>>,
+    pub peer: Option<SocketAddr>,
+    pub connected_at: SystemTime,
+    /// Asks the session to close with a code.
+    pub evict: Recipient<Evict>,
+}
+
+/// Live sessions by id.
+#[derive(Default)]
+pub struct Sessions {
+    inner: Mutex<HashMap<Arc<str>, SessionEntry>>,
+}
+
+impl Sessions {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, SessionEntry>> {
+        // A poisoned lock only means another thread panicked mid-insert; the map itself stays usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn insert(&self, id: Arc<str>, entry: SessionEntry) {
+        self.lock().insert(id, entry);
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A snapshot of every session.
+    pub fn snapshot(&self) -> Vec<(Arc<str>, SessionEntry)> {
+        self.lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// The shared state of one node.
+pub struct Node {
+    pub id: String,
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub log: Arc<dyn Log>,
+    pub channels: Registry,
+    pub sessions: Sessions,
+    pub stats: Stats,
+    pub started_at: SystemTime,
+    draining: AtomicBool,
+}
+
+impl Node {
+    pub fn new(config: Arc<Config>, store: Store, log: Arc<dyn Log>, channels: Registry) -> Self {
+        let id = if config.server.node_id.is_empty() {
+            ulid::Ulid::new().to_string()
+        } else {
+            config.server.node_id.clone()
+        };
+        Node {
+            id,
+            config,
+            store,
+            log,
+            channels,
+            sessions: Sessions::default(),
+            stats: Stats::default(),
+            started_at: SystemTime::now(),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// True once shutdown has begun: no new connections or channels.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,214 @@
+//! Server frames and their encoding. Every frame gets `v`, `type` and `ts` here, in one place.
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use rmpv::Value;
+use serde::Serialize;
+
+use super::command::RequestId;
+use super::{now_ms, Encoding, ErrorCode, VERSION};
+
+/// One encoded frame, ready for the socket. Cloning is cheap (shared buffers), so a message encoded once
+/// can go to many subscribers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    Text(ByteString),
+    Binary(Bytes),
+    /// WebSocket ping (heartbeat).
+    Ping,
+    /// WebSocket pong answering a client ping, with its payload.
+    Pong(Bytes),
+}
+
+impl Outgoing {
+    /// Payload size in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Outgoing::Text(t) => t.len(),
+            Outgoing::Binary(b) | Outgoing::Pong(b) => b.len(),
+            Outgoing::Ping => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A frame could not be encoded (only possible for values that break the cross-encoding rules, which
+/// publish validation refuses first).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    #[error("JSON encoding failed: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("MessagePack encoding failed: {0}")]
+    Msgpack(#[from] rmp_serde::encode::Error),
+}
+
+/// The server frames, each with its body.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerFrame<'a> {
+    Welcome(WelcomeBody<'a>),
+    Reply {
+        id: &'a RequestId,
+        result: &'a Value,
+    },
+    Error(ErrorBody<'a>),
+    Message(MessageBody<'a>),
+    Join(PresenceBody<'a>),
+    Leave(PresenceBody<'a>),
+    Disconnect(DisconnectBody<'a>),
+}
+
+#[derive(Debug, Serialize)]
+pub struct WelcomeBody<'a> {
+    pub session: &'a str,
+    pub node: &'a str,
+    pub heartbeat_ms: u64,
+    pub encoding: &'static str,
+    pub user: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    pub id: Option<&'a RequestId>,
+    #[serde(serialize_with = "code_str")]
+    pub code: ErrorCode,
+    pub message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+fn code_str<S: serde::Serializer>(c: &ErrorCode, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(c.as_str())
+}
+
+/// A channel message as it appears in `message` frames and in `history` replies.
+#[derive(Debug, Serialize)]
+pub struct MessageBody<'a> {
+    pub channel: &'a str,
+    pub id: &'a str,
+    pub epoch: &'a str,
+    pub offset: u64,
+    pub data: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PresenceBody<'a> {
+    pub channel: &'a str,
+    pub session: &'a str,
+    pub user: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DisconnectBody<'a> {
+    pub code: u16,
+    pub reason: &'a str,
+    pub reconnect: bool,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a, 'b> {
+    v: u64,
+    ts: u64,
+    #[serde(flatten)]
+    frame: &'b ServerFrame<'a>,
+}
+
+/// Encodes a server frame for one connection's encoding, stamping `v` and `ts`.
+pub fn encode(encoding: Encoding, frame: &ServerFrame<'_>) -> Result<Outgoing, EncodeError> {
+    let env = Envelope {
+        v: VERSION,
+        ts: now_ms(),
+        frame,
+    };
+    Ok(match encoding {
+        Encoding::Json => Outgoing::Text(ByteString::from(serde_json::to_string(&env)?)),
+        Encoding::Msgpack => Outgoing::Binary(Bytes::from(rmp_serde::to_vec_named(&env)?)),
+    })
+}
+
+/// Checks that published `data` can cross encodings (string map keys, no extension types) and returns its
+/// canonical MessagePack bytes, the form stored in history. The error text is for a `bad_request`.
+pub fn encode_message_data(data: &Value) -> Result<Vec<u8>, String> {
+    check_portable(data)?;
+    let mut out = Vec::new();
+    rmpv::encode::write_value(&mut out, data).map_err(|e| format!("cannot encode data: {e}"))?;
+    Ok(out)
+}
+
+fn check_portable(v: &Value) -> Result<(), String> {
+    // Iterative, so even a value built outside the decoders cannot overflow the stack.
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Ext(..) => {
+                return Err("MessagePack extension types are not allowed in data".into())
+            }
+            Value::String(s) if s.as_str().is_none() => {
+                return Err("strings in data must be valid UTF-8".into())
+            }
+            Value::Array(items) => stack.extend(items.iter()),
+            Value::Map(entries) => {
+                for (k, val) in entries {
+                    if k.as_str().is_none() {
+                        return Err("map keys in data must be strings".into());
+                    }
+                    stack.push(val);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_frame_has_envelope_fields_in_both_encodings() {
+        let data = Value::from(vec![(Value::from("k"), Value::Binary(vec![1, 2]))]);
+        let frame = ServerFrame::Message(MessageBody {
+            channel: "a",
+            id: "01",
+            epoch: "e",
+            offset: 5,
+            data: &data,
+            from: None,
+        });
+        let Outgoing::Text(t) = encode(Encoding::Json, &frame).unwrap() else {
+            panic!()
+        };
+        let j: serde_json::Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(j["v"], 1);
+        assert_eq!(j["type"], "message");
+        assert!(j["ts"].as_u64().unwrap() > 0);
+        assert_eq!(j["data"]["k"], serde_json::json!([1, 2]));
+        let Outgoing::Binary(b) = encode(Encoding::Msgpack, &frame).unwrap() else {
+            panic!()
+        };
+        let m = rmpv::decode::read_value(&mut &b[..]).unwrap();
+        let get = |name: &str| {
+            m.as_map()
+                .unwrap()
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(name))
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("type"), Some(Value::from("message")));
+        assert_eq!(get("offset"), Some(Value::from(5)));
+    }
+
+    #[test]
+    fn non_portable_data_is_refused() {
+        assert!(encode_message_data(&Value::Ext(1, vec![0])).is_err());
+        assert!(encode_message_data(&Value::from(vec![(Value::from(1), Value::Nil)])).is_err());
+        assert!(encode_message_data(&Value::from("ok")).is_ok());
+    }
+}

@@ -1,0 +1,242 @@
+//! Builds a node from its config and already-bound listeners, runs it until a shutdown signal, then shuts
+//! it down in order: stop accepting, tell every client (`disconnect`, close 1001), flush storage.
+//!
+//! Taking bound listeners (instead of addresses) lets tests bind port 0 and learn the port before the
+//! node starts. [`spawn`] runs a whole node on its own thread for tests and tools.
+
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpServer};
+use tokio::sync::oneshot;
+
+use crate::admin;
+use crate::channel::{Evict, Registry};
+use crate::cluster::LocalLog;
+use crate::config::Config;
+use crate::history::{Store, StoreConfig};
+use crate::node::Node;
+use crate::protocol::CloseCode;
+use crate::session;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error("cannot bind or serve: {0}")]
+    Io(#[from] io::Error),
+    #[error("cannot open storage at {path}: {source}")]
+    Storage {
+        path: String,
+        source: crate::history::HistoryError,
+    },
+}
+
+/// The listeners of a node: client WebSocket and admin HTTP.
+pub struct Listeners {
+    pub client: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses of the config (port 0 picks a free port).
+    pub fn bind(config: &Config) -> io::Result<Listeners> {
+        Ok(Listeners {
+            client: TcpListener::bind(config.server.listen)?,
+            admin: TcpListener::bind(config.server.admin_listen)?,
+        })
+    }
+}
+
+fn threads(configured: usize) -> usize {
+    if configured > 0 {
+        configured
+    } else {
+        thread::available_parallelism().map_or(2, |n| n.get())
+    }
+}
+
+/// Opens storage and builds the shared node state. Must run inside an actix system.
+pub fn build_node(config: Config) -> Result<Arc<Node>, ServerError> {
+    let path = config.server.data_dir.join("history");
+    let (store, report) = Store::open(&StoreConfig {
+        path: path.clone(),
+        group_commit: Duration::from_millis(config.storage.group_commit_ms),
+        cache_bytes: config.storage.cache_mb * 1024 * 1024,
+    })
+    .map_err(|source| ServerError::Storage {
+        path: path.display().to_string(),
+        source,
+    })?;
+    if let Some(aside) = report.moved_aside {
+        tracing::error!(moved_to = %aside.display(), "storage was unreadable and has been moved aside; every channel starts a new epoch");
+    }
+    let registry = Registry::new(
+        threads(config.server.channel_threads),
+        config.limits.max_channels,
+    );
+    let log = Arc::new(LocalLog::new(store.clone()));
+    Ok(Arc::new(Node::new(Arc::new(config), store, log, registry)))
+}
+
+/// Runs a node on `listeners` until `shutdown` resolves, then shuts it down gracefully.
+/// Must be called inside an actix system (`actix_rt::System`).
+pub async fn run(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    run_with(listeners, config, shutdown, |_| {}).await
+}
+
+/// Like [`run`], and calls `on_ready` with the node's state once it accepts connections.
+pub async fn run_with(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(Arc<Node>),
+) -> Result<(), ServerError> {
+    let node = build_node(config)?;
+    crate::channel::start_sweeper(node.clone());
+    let workers = threads(node.config.server.workers);
+    let data = web::Data::new(node.clone());
+    let client = HttpServer::new({
+        let data = data.clone();
+        move || {
+            App::new()
+                .app_data(data.clone())
+                .route("/ws", web::get().to(session::handshake::route))
+        }
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listeners.client)?
+    .run();
+    let admin = HttpServer::new({
+        let data = data.clone();
+        move || App::new().app_data(data.clone()).configure(admin::routes)
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listeners.admin)?
+    .run();
+    let client_handle = client.handle();
+    let admin_handle = admin.handle();
+    let client_task = actix_rt::spawn(client);
+    let admin_task = actix_rt::spawn(admin);
+    on_ready(node.clone());
+
+    shutdown.await;
+    tracing::info!("shutting down: closing sessions");
+    node.start_draining();
+    client_handle.pause().await;
+    for (_, entry) in node.sessions.snapshot() {
+        entry.evict.do_send(Evict {
+            code: CloseCode::GoingAway,
+            reason: None,
+        });
+    }
+    let deadline = Instant::now() + Duration::from_millis(node.config.server.shutdown_grace_ms);
+    while !node.sessions.is_empty() && Instant::now() < deadline {
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Give writers a moment to put the close frames on the wire.
+    actix_rt::time::sleep(Duration::from_millis(50)).await;
+    if let Err(e) = node.store.flush() {
+        tracing::error!(error = %e, "final flush failed");
+    }
+    client_handle.stop(true).await;
+    admin_handle.stop(true).await;
+    let _ = client_task.await;
+    let _ = admin_task.await;
+    node.channels.stop();
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// A node running on its own thread, for tests and tools.
+pub struct RunningNode {
+    pub client_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<Result<(), ServerError>>>,
+    node: Arc<Node>,
+}
+
+impl RunningNode {
+    /// `ws://` URL of the client endpoint.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.client_addr)
+    }
+
+    /// The node's shared state (sessions, channels, stats).
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Shuts the node down gracefully and waits for it.
+    pub fn shutdown(mut self) -> Result<(), ServerError> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> Result<(), ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(ServerError::Io(io::Error::other("node thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        let _ = self.stop_and_join();
+    }
+}
+
+/// Binds the config's addresses and runs a node on a new thread until [`RunningNode::shutdown`].
+pub fn spawn(config: Config) -> Result<RunningNode, ServerError> {
+    let listeners = Listeners::bind(&config)?;
+    let client_addr = listeners.client.local_addr()?;
+    let admin_addr = listeners.admin.local_addr()?;
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (node_tx, node_rx) = std::sync::mpsc::channel();
+    let thread = thread::Builder::new()
+        .name("herald-node".into())
+        .spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let signal = async move {
+                    let _ = stop_rx.await;
+                };
+                run_with(listeners, config, signal, move |node| {
+                    let _ = node_tx.send(node);
+                })
+                .await
+            })
+        })?;
+    let node = match node_rx.recv() {
+        Ok(node) => node,
+        Err(_) => {
+            return Err(match thread.join() {
+                Ok(Err(e)) => e,
+                _ => ServerError::Io(io::Error::other("node failed to start")),
+            })
+        }
+    };
+    Ok(RunningNode {
+        client_addr,
+        admin_addr,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+        node,
+    })
+}

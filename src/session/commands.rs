@@ -1,0 +1,257 @@
+//! What a session does with each validated command: local checks first, then the channel actor.
+
+use actix::prelude::*;
+
+use super::Session;
+use crate::channel::{ChannelError, History, Presence, Publish, Subscribe, Unsubscribe};
+use crate::protocol::{
+    encode_message_data, results, Command, ErrorCode, FrameError, MessageBody, Request, RequestId,
+};
+
+/// Retry advice sent with `unavailable`.
+const RETRY_UNAVAILABLE_MS: u64 = 500;
+
+fn channel_error(id: &RequestId, e: &ChannelError) -> (FrameError, Option<u64>) {
+    let (code, retry) = match e {
+        ChannelError::PresenceDisabled | ChannelError::PublishDisabled => {
+            (ErrorCode::Forbidden, None)
+        }
+        ChannelError::AlreadySubscribed => (ErrorCode::AlreadySubscribed, None),
+        ChannelError::Storage(_) => (ErrorCode::Internal, None),
+        _ => (ErrorCode::Unavailable, Some(RETRY_UNAVAILABLE_MS)),
+    };
+    (
+        FrameError::new(Some(id.clone()), code, e.to_string()),
+        retry,
+    )
+}
+
+fn mailbox_error(id: &RequestId) -> (FrameError, Option<u64>) {
+    channel_error(id, &ChannelError::Unavailable)
+}
+
+impl Session {
+    pub(super) fn dispatch(&mut self, req: Request, ctx: &mut Context<Self>) {
+        let Request { id, command } = req;
+        if let Command::Ping = command {
+            return self.reply(&id, &results::empty(), ctx);
+        }
+        let Some(channel) = command.channel().map(str::to_owned) else {
+            return;
+        };
+        match command {
+            Command::Subscribe { since, .. } => self.subscribe(id, channel, since, ctx),
+            Command::Unsubscribe { .. } => self.unsubscribe(id, channel, ctx),
+            Command::Publish { data, key, .. } => self.publish(id, channel, data, key, ctx),
+            Command::Presence { .. } => self.presence(id, channel, ctx),
+            Command::History { since, limit, .. } => self.history(id, channel, since, limit, ctx),
+            Command::Ping => {}
+        }
+    }
+
+    fn fail(&mut self, (err, retry): (FrameError, Option<u64>), ctx: &mut Context<Self>) {
+        self.error(&err, retry, ctx);
+    }
+
+    fn channel_addr(
+        &mut self,
+        id: &RequestId,
+        channel: &str,
+        ctx: &mut Context<Self>,
+    ) -> Option<Addr<crate::channel::ChannelActor>> {
+        if let Some(addr) = self.subscriptions.get(channel) {
+            return Some(addr.clone());
+        }
+        match self.node.channels.get_or_start(&self.node, channel) {
+            Ok(addr) => Some(addr),
+            Err(e) => {
+                self.fail(channel_error(id, &e), ctx);
+                None
+            }
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        id: RequestId,
+        channel: String,
+        since: Option<crate::protocol::Position>,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.subscriptions.contains_key(&channel) {
+            return self.fail(channel_error(&id, &ChannelError::AlreadySubscribed), ctx);
+        }
+        if self.subscriptions.len() >= self.node.config.limits.max_subscriptions_per_connection {
+            let err = FrameError::new(
+                Some(id),
+                ErrorCode::TooManySubscriptions,
+                "subscription limit of this connection reached",
+            );
+            return self.fail((err, None), ctx);
+        }
+        let Some(addr) = self.channel_addr(&id, &channel, ctx) else {
+            return;
+        };
+        // Recorded before the answer so a disconnect meanwhile still unsubscribes.
+        self.subscriptions.insert(channel.clone(), addr.clone());
+        let msg = Subscribe {
+            session: self.id.clone(),
+            user: self.user.clone(),
+            encoding: self.encoding,
+            outbox: self.outbox.clone(),
+            evict: ctx.address().recipient(),
+            request: id.clone(),
+            since,
+        };
+        addr.send(msg)
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                let err = match res {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => channel_error(&id, &e),
+                    Err(_) => mailbox_error(&id),
+                };
+                act.subscriptions.remove(&channel);
+                act.fail(err, ctx);
+            })
+            .spawn(ctx);
+    }
+
+    fn unsubscribe(&mut self, id: RequestId, channel: String, ctx: &mut Context<Self>) {
+        let Some(addr) = self.subscriptions.remove(&channel) else {
+            let err = FrameError::new(Some(id), ErrorCode::NotSubscribed, "not subscribed");
+            return self.fail((err, None), ctx);
+        };
+        addr.send(Unsubscribe {
+            session: self.id.clone(),
+        })
+        .into_actor(self)
+        .map(move |_res, act, ctx| act.reply(&id, &results::empty(), ctx))
+        .spawn(ctx);
+    }
+
+    fn publish(
+        &mut self,
+        id: RequestId,
+        channel: String,
+        data: rmpv::Value,
+        key: Option<String>,
+        ctx: &mut Context<Self>,
+    ) {
+        let ns = self
+            .node
+            .config
+            .namespace(crate::channel::namespace_of(&channel));
+        if !ns.allow_publish {
+            return self.fail(channel_error(&id, &ChannelError::PublishDisabled), ctx);
+        }
+        let raw = match encode_message_data(&data) {
+            Ok(raw) => raw,
+            Err(m) => return self.fail((FrameError::bad(Some(id), m), None), ctx),
+        };
+        let max = self.node.config.limits.max_publish_bytes;
+        if raw.len() > max {
+            let err = FrameError::new(
+                Some(id),
+                ErrorCode::TooLarge,
+                format!("data is {} bytes encoded; the limit is {max}", raw.len()),
+            );
+            return self.fail((err, None), ctx);
+        }
+        let Some(addr) = self.channel_addr(&id, &channel, ctx) else {
+            return;
+        };
+        let msg = Publish {
+            data,
+            raw,
+            from: self.user.clone(),
+            key,
+        };
+        addr.send(msg)
+            .into_actor(self)
+            .map(move |res, act, ctx| match res {
+                Ok(Ok(p)) => act.reply(&id, &results::published(&p.id, &p.epoch, p.offset), ctx),
+                Ok(Err(e)) => act.fail(channel_error(&id, &e), ctx),
+                Err(_) => act.fail(mailbox_error(&id), ctx),
+            })
+            .spawn(ctx);
+    }
+
+    fn presence(&mut self, id: RequestId, channel: String, ctx: &mut Context<Self>) {
+        let ns = self
+            .node
+            .config
+            .namespace(crate::channel::namespace_of(&channel));
+        if !ns.presence {
+            return self.fail(channel_error(&id, &ChannelError::PresenceDisabled), ctx);
+        }
+        let Some(addr) = self.channel_addr(&id, &channel, ctx) else {
+            return;
+        };
+        addr.send(Presence)
+            .into_actor(self)
+            .map(move |res, act, ctx| match res {
+                Ok(Ok(members)) => act.reply(&id, &results::presence(&channel, &members), ctx),
+                Ok(Err(e)) => act.fail(channel_error(&id, &e), ctx),
+                Err(_) => act.fail(mailbox_error(&id), ctx),
+            })
+            .spawn(ctx);
+    }
+
+    fn history(
+        &mut self,
+        id: RequestId,
+        channel: String,
+        since: u64,
+        limit: Option<u64>,
+        ctx: &mut Context<Self>,
+    ) {
+        let max = self.node.config.history.max_page;
+        let limit = limit.map_or(100.min(max), |l| (l as usize).min(max));
+        let Some(addr) = self.channel_addr(&id, &channel, ctx) else {
+            return;
+        };
+        addr.send(History { since, limit })
+            .into_actor(self)
+            .map(move |res, act, ctx| match res {
+                Ok(Ok(page)) => {
+                    let mut decoded = Vec::with_capacity(page.messages.len());
+                    for m in &page.messages {
+                        match rmpv::decode::read_value(&mut &m.data[..]) {
+                            Ok(v) => decoded.push(v),
+                            Err(e) => {
+                                let err =
+                                    ChannelError::Storage(format!("message {}: {e}", m.offset));
+                                return act.fail(channel_error(&id, &err), ctx);
+                            }
+                        }
+                    }
+                    let bodies: Vec<MessageBody<'_>> = page
+                        .messages
+                        .iter()
+                        .zip(&decoded)
+                        .map(|(m, data)| MessageBody {
+                            channel: &channel,
+                            id: &m.id,
+                            epoch: &page.epoch,
+                            offset: m.offset,
+                            data,
+                            from: m.from.as_deref(),
+                        })
+                        .collect();
+                    let result = results::history(
+                        &channel,
+                        &page.epoch,
+                        page.head,
+                        page.oldest,
+                        &bodies,
+                        page.next,
+                    );
+                    act.reply(&id, &result, ctx);
+                }
+                Ok(Err(e)) => act.fail(channel_error(&id, &e), ctx),
+                Err(_) => act.fail(mailbox_error(&id), ctx),
+            })
+            .spawn(ctx);
+    }
+}

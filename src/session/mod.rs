@@ -1,0 +1,285 @@
+//! Sessions: one actix actor per WebSocket connection.
+//!
+//! The session actor lives on the worker thread that accepted the connection. It reads frames from the
+//! socket (`ctx.add_stream`), decodes and validates each through [`crate::protocol`], applies rate limits,
+//! checks permissions and forwards commands to channel actors. Everything it sends goes through the
+//! connection's bounded outbox, drained by the [`writer`] task. It sends WebSocket pings, closes
+//! connections that stop answering, and on the way out removes itself from every channel it joined.
+
+mod commands;
+pub mod handshake;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use actix::prelude::*;
+use actix_ws::{AggregatedMessage, ProtocolError};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::channel::{ChannelActor, Evict, Outbox, Unsubscribe};
+use crate::node::{Node, SessionEntry, Stats};
+use crate::protocol::{
+    encode, CloseCode, DisconnectBody, Encoding, ErrorBody, ErrorCode, FrameError, Outgoing,
+    RequestId, ServerFrame, WelcomeBody,
+};
+use writer::CloseRequest;
+
+/// The actor of one connection.
+pub struct Session {
+    id: Arc<str>,
+    user: Option<Arc<str>>,
+    peer: Option<SocketAddr>,
+    encoding: Encoding,
+    node: Arc<Node>,
+    outbox: Outbox,
+    closer: Option<oneshot::Sender<CloseRequest>>,
+    subscriptions: HashMap<String, Addr<ChannelActor>>,
+    limiter: DefaultDirectRateLimiter,
+    bad_frames: u32,
+    last_seen: Instant,
+    opened: Instant,
+}
+
+impl Session {
+    /// Builds the actor and the writer's ends of its outbox and close signal.
+    pub fn new(
+        node: Arc<Node>,
+        encoding: Encoding,
+        user: Option<Arc<str>>,
+        peer: Option<SocketAddr>,
+    ) -> (
+        Session,
+        mpsc::Receiver<Outgoing>,
+        oneshot::Receiver<CloseRequest>,
+    ) {
+        let (tx, rx) = mpsc::channel(node.config.session.outbox_capacity);
+        let (close_tx, close_rx) = oneshot::channel();
+        let limits = &node.config.limits;
+        let rate = NonZeroU32::new(limits.messages_per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(limits.messages_burst).unwrap_or(NonZeroU32::MIN);
+        let session = Session {
+            id: Arc::from(ulid::Ulid::new().to_string()),
+            user,
+            peer,
+            encoding,
+            outbox: tx,
+            closer: Some(close_tx),
+            subscriptions: HashMap::new(),
+            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            bad_frames: 0,
+            last_seen: Instant::now(),
+            opened: Instant::now(),
+            node,
+        };
+        (session, rx, close_rx)
+    }
+
+    /// Queues a frame; a full outbox makes this connection a slow consumer.
+    fn send(&mut self, frame: ServerFrame<'_>, ctx: &mut Context<Self>) {
+        match encode(self.encoding, &frame) {
+            Ok(out) => self.push(out, ctx),
+            Err(e) => {
+                tracing::error!(session = %self.id, error = %e, "frame encoding failed");
+                self.close(CloseCode::Internal, None, ctx);
+            }
+        }
+    }
+
+    fn push(&mut self, out: Outgoing, ctx: &mut Context<Self>) {
+        if self.outbox.try_send(out).is_err() {
+            Stats::add(&self.node.stats.slow_consumers, 1);
+            self.close(CloseCode::SlowConsumer, None, ctx);
+        }
+    }
+
+    fn reply(&mut self, id: &RequestId, result: &rmpv::Value, ctx: &mut Context<Self>) {
+        self.send(ServerFrame::Reply { id, result }, ctx);
+    }
+
+    fn error(&mut self, err: &FrameError, retry_after_ms: Option<u64>, ctx: &mut Context<Self>) {
+        self.send(
+            ServerFrame::Error(ErrorBody {
+                id: err.id.as_ref(),
+                code: err.code,
+                message: &err.message,
+                retry_after_ms,
+            }),
+            ctx,
+        );
+    }
+
+    /// Sends `disconnect`, then closes the socket with the same code, and stops the actor.
+    fn close(&mut self, code: CloseCode, reason: Option<&str>, ctx: &mut Context<Self>) {
+        let Some(closer) = self.closer.take() else {
+            return;
+        };
+        let reason = reason.unwrap_or(code.reason());
+        let last = encode(
+            self.encoding,
+            &ServerFrame::Disconnect(DisconnectBody {
+                code: code.code(),
+                reason,
+                reconnect: code.reconnect(),
+            }),
+        )
+        .ok();
+        tracing::debug!(session = %self.id, code = code.code(), reason, "closing session");
+        let _ = closer.send(CloseRequest {
+            last,
+            code: code.code(),
+            reason: reason.to_string(),
+        });
+        ctx.stop();
+    }
+
+    /// A frame was bad: answer it, and close after too many in a row.
+    fn bad_frame(&mut self, err: FrameError, ctx: &mut Context<Self>) {
+        Stats::add(&self.node.stats.bad_frames, 1);
+        self.bad_frames += 1;
+        self.error(&err, None, ctx);
+        if self.bad_frames >= self.node.config.limits.max_bad_frames {
+            self.close(CloseCode::BadFrames, None, ctx);
+        }
+    }
+
+    fn on_data(&mut self, bytes: &[u8], kind: Encoding, ctx: &mut Context<Self>) {
+        Stats::add(&self.node.stats.messages_in, 1);
+        if let Err(wait) = self.limiter.check() {
+            Stats::add(&self.node.stats.rate_limited, 1);
+            let retry = wait
+                .wait_time_from(governor::clock::Clock::now(
+                    &governor::clock::DefaultClock::default(),
+                ))
+                .as_millis() as u64;
+            let id = crate::protocol::decode_request(bytes, self.encoding, &self.limits())
+                .ok()
+                .map(|r| r.id);
+            let err = FrameError::new(id, ErrorCode::RateLimited, "too many frames");
+            self.error(&err, Some(retry.max(1)), ctx);
+            return;
+        }
+        if kind != self.encoding {
+            let msg = match self.encoding {
+                Encoding::Json => "binary frame on a JSON connection; send text frames",
+                Encoding::Msgpack => "text frame on a MessagePack connection; send binary frames",
+            };
+            return self.bad_frame(FrameError::bad(None, msg), ctx);
+        }
+        match crate::protocol::decode_request(bytes, self.encoding, &self.limits()) {
+            Ok(req) => {
+                self.bad_frames = 0;
+                self.dispatch(req, ctx);
+            }
+            Err(e) => self.bad_frame(e, ctx),
+        }
+    }
+
+    fn limits(&self) -> crate::protocol::DecodeLimits {
+        crate::protocol::DecodeLimits {
+            max_depth: self.node.config.limits.max_depth,
+            max_channel_len: self.node.config.limits.max_channel_len,
+        }
+    }
+
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let timeout = Duration::from_millis(self.node.config.session.heartbeat_timeout_ms);
+        if self.last_seen.elapsed() > timeout {
+            self.close(CloseCode::HeartbeatTimeout, None, ctx);
+            return;
+        }
+        self.push(Outgoing::Ping, ctx);
+    }
+}
+
+/// Maps a WebSocket protocol error to the close code the RFC asks for.
+fn protocol_close(err: &ProtocolError) -> CloseCode {
+    match err {
+        ProtocolError::Overflow => CloseCode::TooBig,
+        ProtocolError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            CloseCode::InvalidPayload
+        }
+        _ => CloseCode::ProtocolError,
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        Stats::gauge(&self.node.stats.sessions, 1);
+        Stats::add(&self.node.stats.connections_opened, 1);
+        self.node.sessions.insert(
+            self.id.clone(),
+            SessionEntry {
+                user: self.user.clone(),
+                peer: self.peer,
+                connected_at: SystemTime::now(),
+                evict: ctx.address().recipient(),
+            },
+        );
+        let id = self.id.clone();
+        let node = self.node.clone();
+        let user = self.user.clone();
+        self.send(
+            ServerFrame::Welcome(WelcomeBody {
+                session: &id,
+                node: &node.id,
+                heartbeat_ms: node.config.session.heartbeat_ms,
+                encoding: self.encoding.name(),
+                user: user.as_deref(),
+            }),
+            ctx,
+        );
+        let every = Duration::from_millis(self.node.config.session.heartbeat_ms);
+        ctx.run_interval(every, |act, ctx| act.heartbeat(ctx));
+        if self.node.is_draining() {
+            self.close(CloseCode::GoingAway, None, ctx);
+        }
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        for (_, addr) in self.subscriptions.drain() {
+            addr.do_send(Unsubscribe {
+                session: self.id.clone(),
+            });
+        }
+        self.node.sessions.remove(&self.id);
+        Stats::gauge(&self.node.stats.sessions, -1);
+        Stats::add(&self.node.stats.connections_closed, 1);
+        tracing::debug!(session = %self.id, lifetime_ms = self.opened.elapsed().as_millis() as u64, "session ended");
+    }
+}
+
+impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Session {
+    fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Self::Context) {
+        self.last_seen = Instant::now();
+        match item {
+            Ok(AggregatedMessage::Text(t)) => self.on_data(t.as_bytes(), Encoding::Json, ctx),
+            Ok(AggregatedMessage::Binary(b)) => self.on_data(&b, Encoding::Msgpack, ctx),
+            Ok(AggregatedMessage::Ping(p)) => self.push(Outgoing::Pong(p), ctx),
+            Ok(AggregatedMessage::Pong(_)) => {}
+            Ok(AggregatedMessage::Close(_)) => self.close(CloseCode::Normal, None, ctx),
+            Err(e) => {
+                tracing::debug!(session = %self.id, error = %e, "websocket protocol error");
+                self.close(protocol_close(&e), None, ctx);
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<Evict> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Evict, ctx: &mut Self::Context) {
+        self.close(msg.code, msg.reason.as_deref(), ctx);
+    }
+}

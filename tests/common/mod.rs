@@ -1,0 +1,219 @@
+//! Shared test harness: a real node on port 0 and a small raw WebSocket client speaking both encodings.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use herald::config::Config;
+use herald::server::{spawn, RunningNode};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A config for tests: port 0 everywhere and a fresh temp data dir (kept alive by the returned guard).
+pub fn test_config() -> (Config, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.server.admin_listen = "127.0.0.1:0".parse().unwrap();
+    c.server.data_dir = dir.path().to_path_buf();
+    c.server.workers = 2;
+    c.server.channel_threads = 2;
+    c.storage.group_commit_ms = 1;
+    (c, dir)
+}
+
+pub fn start(config: Config) -> RunningNode {
+    spawn(config).expect("node starts")
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Enc {
+    Json,
+    Msgpack,
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub enc: Enc,
+    next_id: u64,
+    /// Frames received while waiting for something else.
+    pub backlog: std::collections::VecDeque<Value>,
+    pub welcome: Value,
+}
+
+/// What the server did to the connection.
+#[derive(Debug)]
+pub enum Event {
+    Frame(Value),
+    Closed(Option<u16>),
+}
+
+impl Client {
+    pub async fn connect(url: &str, enc: Enc) -> Client {
+        Self::try_connect(url, enc, &[]).await.expect("connect")
+    }
+
+    pub async fn try_connect(
+        url: &str,
+        enc: Enc,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let mut req = url.into_client_request()?;
+        let proto = match enc {
+            Enc::Json => "herald.v1.json",
+            Enc::Msgpack => "herald.v1.msgpack",
+        };
+        req.headers_mut()
+            .insert("sec-websocket-protocol", HeaderValue::from_static(proto));
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let (ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("connect timeout")?;
+        let mut c = Client {
+            ws,
+            enc,
+            next_id: 1,
+            backlog: Default::default(),
+            welcome: Value::Null,
+        };
+        let w = c.next_frame().await;
+        assert_eq!(w["type"], "welcome", "{w}");
+        c.welcome = w;
+        Ok(c)
+    }
+
+    pub fn encode(&self, v: &Value) -> Message {
+        match self.enc {
+            Enc::Json => Message::Text(v.to_string().into()),
+            Enc::Msgpack => Message::Binary(rmp_serde::to_vec_named(v).unwrap().into()),
+        }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        let m = self.encode(&v);
+        self.ws.send(m).await.expect("send");
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.expect("send raw");
+    }
+
+    /// The next frame or close, skipping pings.
+    pub async fn next_event(&mut self) -> Event {
+        if let Some(v) = self.backlog.pop_front() {
+            return Event::Frame(v);
+        }
+        loop {
+            let m = tokio::time::timeout(TIMEOUT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame");
+            match m {
+                None => return Event::Closed(None),
+                Some(Err(_)) => return Event::Closed(None),
+                Some(Ok(Message::Text(t))) => {
+                    return Event::Frame(serde_json::from_str(&t).expect("server sent bad JSON"))
+                }
+                Some(Ok(Message::Binary(b))) => {
+                    return Event::Frame(
+                        rmp_serde::from_slice(&b).expect("server sent bad msgpack"),
+                    )
+                }
+                Some(Ok(Message::Close(f))) => {
+                    return Event::Closed(f.map(|f: CloseFrame| u16::from(f.code)))
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    pub async fn next_frame(&mut self) -> Value {
+        match self.next_event().await {
+            Event::Frame(v) => v,
+            Event::Closed(c) => panic!("connection closed ({c:?}) while waiting for a frame"),
+        }
+    }
+
+    /// Sends a command and returns its `reply` or `error`; other frames meanwhile go to the backlog.
+    pub async fn request(&mut self, mut cmd: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        cmd["v"] = json!(1);
+        cmd["id"] = json!(id);
+        self.send(cmd).await;
+        let mut skipped = std::collections::VecDeque::new();
+        loop {
+            let f = match self.backlog.pop_front() {
+                Some(f) => f,
+                None => {
+                    let m = tokio::time::timeout(TIMEOUT, self.ws.next())
+                        .await
+                        .expect("timed out waiting for a reply");
+                    match m {
+                        Some(Ok(Message::Text(t))) => serde_json::from_str(&t).unwrap(),
+                        Some(Ok(Message::Binary(b))) => rmp_serde::from_slice(&b).unwrap(),
+                        Some(Ok(Message::Close(f))) => {
+                            panic!("closed while waiting for reply: {f:?}")
+                        }
+                        Some(Ok(_)) => continue,
+                        other => panic!("connection ended waiting for reply: {other:?}"),
+                    }
+                }
+            };
+            if (f["type"] == "reply" || f["type"] == "error") && f["id"] == json!(id) {
+                skipped.extend(self.backlog.drain(..));
+                self.backlog = skipped;
+                return f;
+            }
+            skipped.push_back(f);
+        }
+    }
+
+    pub async fn ok(&mut self, cmd: Value) -> Value {
+        let r = self.request(cmd.clone()).await;
+        assert_eq!(r["type"], "reply", "command {cmd} failed: {r}");
+        r["result"].clone()
+    }
+
+    pub async fn subscribe(&mut self, channel: &str) -> Value {
+        self.ok(json!({"type": "subscribe", "channel": channel}))
+            .await
+    }
+
+    pub async fn publish(&mut self, channel: &str, data: Value) -> Value {
+        self.ok(json!({"type": "publish", "channel": channel, "data": data}))
+            .await
+    }
+
+    /// Waits for the next `message` frame (skipping join/leave).
+    pub async fn next_message(&mut self) -> Value {
+        loop {
+            let f = self.next_frame().await;
+            if f["type"] == "message" {
+                return f;
+            }
+        }
+    }
+}
+
+/// Polls `f` until it is true or the timeout passes.
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !f() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
