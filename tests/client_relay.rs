@@ -130,7 +130,7 @@ async fn random_cuts_lose_and_double_nothing() {
     for w in offsets.windows(2) {
         assert_eq!(w[1], w[0] + 1, "a publish was stored twice or lost");
     }
-    assert_eq!(offsets.first(), got.first().map(|m| m.offset));
+    assert_eq!(offsets.first().copied(), got.first().map(|m| m.offset));
     let cuts = relay.cuts.load(Ordering::Relaxed);
     assert!(cuts >= 3, "only {cuts} cuts happened");
     println!("{N} messages, {cuts} cuts: no gap, no duplicate");

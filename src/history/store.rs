@@ -9,16 +9,16 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
-use sled::{IVec, Tree};
+use sled::Tree;
 
 use super::commit::{Durable, Flusher};
 use super::error::HistoryError;
 use super::keys::{self, IdemEntry, Meta};
-use super::{ChannelState, IdempotentHit, OpenReport, Retention, StoreConfig, StoredMessage};
+use super::{ChannelState, IdempotentHit, OpenReport, StoreConfig, StoredMessage};
 
 /// Keys removed per transaction by trim / reset / sweep: bounds the memory and lock time of one
 /// transaction while keeping each step crash-consistent.
@@ -152,6 +152,30 @@ fn try_open(cfg: &StoreConfig) -> Result<Store, OpenFailure> {
     })
 }
 
+/// How long `open` waits for sled's file lock. sled releases it from its own background threads a
+/// moment after the previous `Db` in this process was dropped (seen in tests as a reopen race).
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
+fn try_open_waiting_for_lock(cfg: &StoreConfig) -> Result<Store, OpenFailure> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match try_open(cfg) {
+            Err(OpenFailure::Unavailable(e))
+                if is_lock_error(&e) && start.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn aside_path(path: &Path, ms: u64) -> PathBuf {
     let mut name = path
         .file_name()
@@ -165,9 +189,10 @@ impl Store {
     /// Opens (creates) the store. If the dir cannot be opened or is corrupt it is renamed to
     /// `<path>.corrupt-<unix_ms>` (logged with `tracing::error!`) and a fresh empty store is opened,
     /// so every channel gets a new epoch. A dir that is locked by another process or not accessible
-    /// (permission denied) is NOT moved aside: that is [`HistoryError::Unavailable`].
+    /// (permission denied) is NOT moved aside: that is [`HistoryError::Unavailable`] (a held lock is
+    /// waited for up to 3 s first, since sled releases it asynchronously after a `Db` is dropped).
     pub fn open(cfg: &StoreConfig) -> Result<(Store, OpenReport), HistoryError> {
-        let reason = match try_open(cfg) {
+        let reason = match try_open_waiting_for_lock(cfg) {
             Ok(s) => return Ok((s, OpenReport { moved_aside: None })),
             Err(OpenFailure::Unavailable(source)) => {
                 return Err(HistoryError::Unavailable {
@@ -195,7 +220,7 @@ impl Store {
             tracing::error!(path = %cfg.path.display(), %reason, "history store cannot be opened");
             None
         };
-        match try_open(cfg) {
+        match try_open_waiting_for_lock(cfg) {
             Ok(s) => Ok((s, OpenReport { moved_aside })),
             Err(OpenFailure::Unavailable(source)) | Err(OpenFailure::Corrupt(_, Some(source))) => {
                 Err(HistoryError::Open {
