@@ -86,8 +86,10 @@ start_server() {
   case "$name" in
     herald)
       mkdir -p "$SCRATCH/data"; local dd; dd=$(mktemp -d "$SCRATCH/data/d.XXXX")
-      # The per-connection rate limit would throttle the benchmark publisher.
+      # The per-connection rate limit would throttle the benchmark publisher, and the default
+      # history_size (1000) is smaller than the replay scenario's message count.
       (cd "$SCRATCH" && exec env HERALD_LIMITS__MESSAGES_PER_SECOND=100000000 HERALD_LIMITS__MESSAGES_BURST=100000000 \
+        HERALD_NAMESPACES__DEFAULT__HISTORY_SIZE=1000000 \
         RUST_LOG=${RUST_LOG:-warn} "$TARGET/release/herald" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
         --data-dir "$dd" >"$log" 2>&1) &
       ;;

@@ -10,6 +10,7 @@ pub mod channel;
 pub mod cluster;
 pub mod config;
 pub mod history;
+pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod server;

@@ -15,9 +15,11 @@ use crate::channel::{Evict, Registry};
 use crate::cluster::Log;
 use crate::config::Config;
 use crate::history::Store;
+use crate::metrics::{Histogram, LATENCY_BUCKETS, LIFETIME_BUCKETS};
 
-/// Counters and gauges of a node. Gauges are signed so a racing decrement never wraps.
-#[derive(Debug, Default)]
+/// Counters, gauges and histograms of a node. Gauges are signed so a racing decrement never wraps.
+/// The admin module renders them (and the store's flush histogram) as Prometheus metrics.
+#[derive(Debug)]
 pub struct Stats {
     pub sessions: AtomicI64,
     pub subscriptions: AtomicI64,
@@ -30,6 +32,33 @@ pub struct Stats {
     pub slow_consumers: AtomicU64,
     pub rate_limited: AtomicU64,
     pub bad_frames: AtomicU64,
+    /// Messages removed by retention.
+    pub history_trimmed: AtomicU64,
+    /// Lifetime of closed connections.
+    pub connection_lifetime: Histogram,
+    /// From a publish reaching its channel to its delivery to the outboxes (includes the flush).
+    pub publish_to_deliver: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            sessions: AtomicI64::new(0),
+            subscriptions: AtomicI64::new(0),
+            channels: AtomicI64::new(0),
+            connections_opened: AtomicU64::new(0),
+            connections_closed: AtomicU64::new(0),
+            messages_in: AtomicU64::new(0),
+            messages_out: AtomicU64::new(0),
+            publishes: AtomicU64::new(0),
+            slow_consumers: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
+            bad_frames: AtomicU64::new(0),
+            history_trimmed: AtomicU64::new(0),
+            connection_lifetime: Histogram::new(LIFETIME_BUCKETS),
+            publish_to_deliver: Histogram::new(LATENCY_BUCKETS),
+        }
+    }
 }
 
 impl Stats {

@@ -113,6 +113,10 @@ pub async fn run_with(
         }
     })
     .workers(workers)
+    // After the WebSocket close handshake the server should drop TCP promptly (RFC 6455 7.1.1). actix-http
+    // otherwise lingers up to this timeout (default 1 s) for the client to hang up first; 0 disables the
+    // linger.
+    .client_disconnect_timeout(Duration::ZERO)
     .disable_signals()
     .shutdown_timeout(1)
     .listen(listeners.client)?

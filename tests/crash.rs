@@ -27,7 +27,14 @@ struct Proc {
 /// `herald listening ws=ADDR admin=ADDR` line.
 async fn spawn_herald(data_dir: &Path, cwd: &Path) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .current_dir(cwd)
         .env("HERALD_STORAGE__GROUP_COMMIT_MS", "2")
@@ -99,7 +106,9 @@ async fn publish_until_dead(
         match f["type"].as_str() {
             Some("reply") => {
                 let rid = f["id"].as_u64().unwrap();
-                let i = in_flight.remove(&rid).expect("reply to a publish in flight");
+                let i = in_flight
+                    .remove(&rid)
+                    .expect("reply to a publish in flight");
                 let r = &f["result"];
                 acks.lock().unwrap().push(Ack {
                     offset: r["offset"].as_u64().unwrap(),
@@ -133,7 +142,12 @@ async fn full_history(c: &mut Client, channel: &str) -> (String, u64, Vec<Value>
 }
 
 /// Runs one publish-and-kill round against a fresh process on `data_dir`; returns the acks per channel.
-async fn publish_and_kill(data_dir: &Path, cwd: &Path, round: u64, min_acks: usize) -> Vec<Vec<Ack>> {
+async fn publish_and_kill(
+    data_dir: &Path,
+    cwd: &Path,
+    round: u64,
+    min_acks: usize,
+) -> Vec<Vec<Ack>> {
     let mut p = spawn_herald(data_dir, cwd).await;
     let acks: Vec<Arc<Mutex<Vec<Ack>>>> = (0..CHANNELS).map(|_| Arc::default()).collect();
     let tasks: Vec<_> = (0..CHANNELS)
@@ -151,7 +165,10 @@ async fn publish_and_kill(data_dir: &Path, cwd: &Path, round: u64, min_acks: usi
     // pipeline of unacknowledged ones.
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     while acks.iter().any(|a| a.lock().unwrap().len() < min_acks) {
-        assert!(tokio::time::Instant::now() < deadline, "publishing too slow");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publishing too slow"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     p.child.kill().await.expect("SIGKILL herald"); // Child::kill sends SIGKILL and reaps.
@@ -159,9 +176,16 @@ async fn publish_and_kill(data_dir: &Path, cwd: &Path, round: u64, min_acks: usi
     assert!(!status.success(), "killed, not exited: {status:?}");
     let mut sent = Vec::new();
     for t in tasks {
-        sent.push(tokio::time::timeout(TIMEOUT, t).await.expect("publisher ends").unwrap());
+        sent.push(
+            tokio::time::timeout(TIMEOUT, t)
+                .await
+                .expect("publisher ends")
+                .unwrap(),
+        );
     }
     let acks: Vec<Vec<Ack>> = acks.iter().map(|a| a.lock().unwrap().clone()).collect();
+    let acked: Vec<usize> = acks.iter().map(Vec::len).collect();
+    eprintln!("round {round}: sent {sent:?}, acknowledged {acked:?}");
     for (k, a) in acks.iter().enumerate() {
         assert!(
             (a.len() as u64) < sent[k],
@@ -194,25 +218,56 @@ async fn kill_9_loses_no_acknowledged_publish() {
     for (k, acks) in all.iter().enumerate() {
         let channel = format!("crash:{k}");
         let (epoch, head, msgs) = full_history(&mut c, &channel).await;
-        let epochs: std::collections::BTreeSet<&str> = acks.iter().map(|a| a.epoch.as_str()).collect();
-        assert_eq!(epochs.len(), 1, "{channel}: the epoch never changes across kill -9: {epochs:?}");
-        assert_eq!(epoch, acks[0].epoch, "{channel}: epoch unchanged after restart");
+        let epochs: std::collections::BTreeSet<&str> =
+            acks.iter().map(|a| a.epoch.as_str()).collect();
+        assert_eq!(
+            epochs.len(),
+            1,
+            "{channel}: the epoch never changes across kill -9: {epochs:?}"
+        );
+        assert_eq!(
+            epoch, acks[0].epoch,
+            "{channel}: epoch unchanged after restart"
+        );
         // History is contiguous from 1 to the head.
         let offsets: Vec<u64> = msgs.iter().map(|m| m["offset"].as_u64().unwrap()).collect();
-        assert_eq!(offsets, (1..=head).collect::<Vec<_>>(), "{channel}: history has no holes");
+        assert_eq!(
+            offsets,
+            (1..=head).collect::<Vec<_>>(),
+            "{channel}: history has no holes"
+        );
         // Every acknowledged publish is there, at its offset, with its id and data.
         let max_acked = acks.iter().map(|a| a.offset).max().unwrap();
-        assert!(head >= max_acked, "{channel}: head {head} < last acknowledged offset {max_acked}");
+        eprintln!("{channel}: head {head} after restart, {} acknowledged, last acknowledged offset {max_acked}", acks.len());
+        assert!(
+            head >= max_acked,
+            "{channel}: head {head} < last acknowledged offset {max_acked}"
+        );
         for a in acks {
             let m = &msgs[(a.offset - 1) as usize];
-            assert_eq!(m["id"], a.id.as_str(), "{channel}: acknowledged message {} lost or replaced", a.offset);
-            assert_eq!(m["data"], json!({"i": a.i}), "{channel}: message {} has other data", a.offset);
+            assert_eq!(
+                m["id"],
+                a.id.as_str(),
+                "{channel}: acknowledged message {} lost or replaced",
+                a.offset
+            );
+            assert_eq!(
+                m["data"],
+                json!({"i": a.i}),
+                "{channel}: message {} has other data",
+                a.offset
+            );
         }
         // One pipelined publisher: offsets follow the order it sent in, within each round.
         let mut by_offset: Vec<&Ack> = acks.iter().collect();
         by_offset.sort_by_key(|a| a.offset);
         for w in by_offset.windows(2) {
-            assert!(w[0].i < w[1].i, "{channel}: order of a publisher kept: {:?} {:?}", w[0], w[1]);
+            assert!(
+                w[0].i < w[1].i,
+                "{channel}: order of a publisher kept: {:?} {:?}",
+                w[0],
+                w[1]
+            );
         }
         // The same holds for a resume from offset 0 of the old epoch.
         if k == 0 {

@@ -35,7 +35,8 @@ fn namespace(c: &mut Config, name: &str, size: Option<u64>, ttl_secs: Option<u64
 }
 
 fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not an unsigned integer: {v}"))
+    v.as_u64()
+        .unwrap_or_else(|| panic!("not an unsigned integer: {v}"))
 }
 
 /// Shuts a node down without blocking the test's runtime.
@@ -69,7 +70,10 @@ async fn publish_pipelined(
         let f = c.next_frame().await;
         assert_eq!(f["type"], "reply", "publish failed: {f}");
         let n: u64 = f["id"].as_str().unwrap()[1..].parse().unwrap();
-        assert!(replies.insert(n, f["result"].clone()).is_none(), "two replies to one publish");
+        assert!(
+            replies.insert(n, f["result"].clone()).is_none(),
+            "two replies to one publish"
+        );
         if let Some(p) = progress {
             p.fetch_add(1, Ordering::SeqCst);
         }
@@ -77,11 +81,19 @@ async fn publish_pipelined(
     let out: Vec<_> = (0..count)
         .map(|n| {
             let r = &replies[&n];
-            (u(&r["offset"]), r["id"].as_str().unwrap().to_string(), r["epoch"].as_str().unwrap().to_string())
+            (
+                u(&r["offset"]),
+                r["id"].as_str().unwrap().to_string(),
+                r["epoch"].as_str().unwrap().to_string(),
+            )
         })
         .collect();
     for w in out.windows(2) {
-        assert_eq!(w[1].0, w[0].0 + 1, "one publisher's messages get consecutive offsets");
+        assert_eq!(
+            w[1].0,
+            w[0].0 + 1,
+            "one publisher's messages get consecutive offsets"
+        );
     }
     out
 }
@@ -90,11 +102,16 @@ async fn publish_pipelined(
 /// contract: the reply always comes before the first replayed message).
 async fn resubscribe(c: &mut Client, channel: &str, epoch: &str, offset: u64) -> Value {
     assert!(c.backlog.is_empty());
-    c.send(json!({"v": 1, "type": "subscribe", "id": "resub", "channel": channel,
-                  "since": {"epoch": epoch, "offset": offset}}))
-        .await;
+    c.send(
+        json!({"v": 1, "type": "subscribe", "id": "resub", "channel": channel,
+                  "since": {"epoch": epoch, "offset": offset}}),
+    )
+    .await;
     let f = c.next_frame().await;
-    assert_eq!(f["type"], "reply", "first frame after a resubscribe must be its reply: {f}");
+    assert_eq!(
+        f["type"], "reply",
+        "first frame after a resubscribe must be its reply: {f}"
+    );
     assert_eq!(f["id"], "resub");
     f["result"].clone()
 }
@@ -103,7 +120,11 @@ async fn resubscribe(c: &mut Client, channel: &str, epoch: &str, offset: u64) ->
 /// Anything the channel had queued for this session before the ping is in the returned list.
 async fn drain_messages(c: &mut Client) -> Vec<Value> {
     c.ok(json!({"type": "ping"})).await;
-    let msgs: Vec<Value> = c.backlog.drain(..).filter(|f| f["type"] == "message").collect();
+    let msgs: Vec<Value> = c
+        .backlog
+        .drain(..)
+        .filter(|f| f["type"] == "message")
+        .collect();
     msgs
 }
 
@@ -121,7 +142,10 @@ async fn resume_replays_exactly_the_missed_messages_then_live() {
         let s = sub.subscribe(&channel).await;
         let epoch = s["epoch"].as_str().unwrap().to_string();
         assert_eq!(s["offset"], 0);
-        assert!(s.get("recovered").is_none(), "a plain subscribe has no `recovered`: {s}");
+        assert!(
+            s.get("recovered").is_none(),
+            "a plain subscribe has no `recovered`: {s}"
+        );
         publish_pipelined(&mut publisher, &channel, 0, 5, 4, None).await;
         let mut pos = 0;
         for k in 1..=5 {
@@ -145,7 +169,11 @@ async fn resume_replays_exactly_the_missed_messages_then_live() {
         assert_eq!(r["channel"], channel.as_str());
         for (k, (offset, id, _)) in missed.iter().enumerate() {
             let m = sub.next_message().await;
-            assert_eq!(u(&m["offset"]), *offset, "replay in offset order without gaps");
+            assert_eq!(
+                u(&m["offset"]),
+                *offset,
+                "replay in offset order without gaps"
+            );
             assert_eq!(m["id"], id.as_str(), "replayed message keeps its id");
             assert_eq!(m["epoch"], epoch.as_str());
             assert_eq!(m["channel"], channel.as_str());
@@ -153,7 +181,10 @@ async fn resume_replays_exactly_the_missed_messages_then_live() {
         }
         // Nothing more was replayed.
         let extra = drain_messages(&mut sub).await;
-        assert!(extra.is_empty(), "more than the 500 missed messages: {extra:?}");
+        assert!(
+            extra.is_empty(),
+            "more than the 500 missed messages: {extra:?}"
+        );
 
         // Live from 506 on, each once.
         let live = publish_pipelined(&mut publisher, &channel, 505, 5, 4, None).await;
@@ -164,12 +195,19 @@ async fn resume_replays_exactly_the_missed_messages_then_live() {
         }
         assert_eq!(live.last().unwrap().0, 510);
         let extra = drain_messages(&mut sub).await;
-        assert!(extra.is_empty(), "duplicates after live messages: {extra:?}");
+        assert!(
+            extra.is_empty(),
+            "duplicates after live messages: {extra:?}"
+        );
 
         // Resuming from the head replays nothing and still recovers.
         let mut sub2 = Client::connect(&url, enc).await;
         let r = resubscribe(&mut sub2, &channel, &epoch, 510).await;
-        assert_eq!((r["recovered"].clone(), r["replayed"].clone()), (json!(true), json!(0)), "{r}");
+        assert_eq!(
+            (r["recovered"].clone(), r["replayed"].clone()),
+            (json!(true), json!(0)),
+            "{r}"
+        );
         publish_pipelined(&mut publisher, &channel, 510, 1, 1, None).await;
         assert_eq!(u(&sub2.next_message().await["offset"]), 511);
         assert!(drain_messages(&mut sub2).await.is_empty());
@@ -195,7 +233,8 @@ async fn resume_while_others_publish_is_gap_and_duplicate_free() {
         let progress = progress.clone();
         tokio::spawn(async move {
             let acks =
-                publish_pipelined(&mut publisher, channel, BEFORE, DURING, 32, Some(&progress)).await;
+                publish_pipelined(&mut publisher, channel, BEFORE, DURING, 32, Some(&progress))
+                    .await;
             acks
         })
     };
@@ -238,12 +277,19 @@ async fn resume_while_others_publish_is_gap_and_duplicate_free() {
                 off, expect,
                 "resumed from {since} (head {head_at_reply} at the reply): offsets must go up by exactly 1"
             );
-            assert_eq!(m["id"], ids[(off - 1) as usize], "message {off} has its published id");
+            assert_eq!(
+                m["id"],
+                ids[(off - 1) as usize],
+                "message {off} has its published id"
+            );
             assert_eq!(m["data"], json!({"i": off - 1}));
             expect += 1;
         }
         let extra = drain_messages(c).await;
-        assert!(extra.is_empty(), "duplicates after the last message: {extra:?}");
+        assert!(
+            extra.is_empty(),
+            "duplicates after the last message: {extra:?}"
+        );
     }
     assert!(
         concurrent >= 2,
@@ -267,14 +313,23 @@ async fn retention_by_size_and_recovered_false() {
         .await;
     assert_eq!(h["head"], 25, "{h}");
     assert_eq!(h["oldest"], 16, "only the newest 10 are kept: {h}");
-    let offsets: Vec<u64> = h["messages"].as_array().unwrap().iter().map(|m| u(&m["offset"])).collect();
+    let offsets: Vec<u64> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| u(&m["offset"]))
+        .collect();
     assert_eq!(offsets, (16..=25).collect::<Vec<_>>());
     assert_eq!(h["next"], Value::Null);
 
     // Position 15: every message after it is retained -> recovered.
     let mut c = Client::connect(&url, Enc::Json).await;
     let r = resubscribe(&mut c, channel, &epoch, 15).await;
-    assert_eq!((r["recovered"].clone(), r["replayed"].clone()), (json!(true), json!(10)), "{r}");
+    assert_eq!(
+        (r["recovered"].clone(), r["replayed"].clone()),
+        (json!(true), json!(10)),
+        "{r}"
+    );
     for k in 16..=25 {
         assert_eq!(u(&c.next_message().await["offset"]), k);
     }
@@ -287,11 +342,17 @@ async fn retention_by_size_and_recovered_false() {
     assert_eq!(r["replayed"], 0, "{r}");
     assert_eq!(r["epoch"], epoch.as_str());
     assert_eq!(r["offset"], 25, "{r}");
-    assert!(drain_messages(&mut c).await.is_empty(), "nothing may be replayed when not recovered");
+    assert!(
+        drain_messages(&mut c).await.is_empty(),
+        "nothing may be replayed when not recovered"
+    );
     let live = publish_pipelined(&mut publisher, channel, 25, 2, 2, None).await;
     for (offset, id, _) in &live {
         let m = c.next_message().await;
-        assert_eq!((u(&m["offset"]), m["id"].as_str().unwrap()), (*offset, id.as_str()));
+        assert_eq!(
+            (u(&m["offset"]), m["id"].as_str().unwrap()),
+            (*offset, id.as_str())
+        );
     }
     assert_eq!(live[0].0, 26);
     assert!(drain_messages(&mut c).await.is_empty());
@@ -310,7 +371,15 @@ async fn retention_by_size_and_recovered_false() {
     // A position beyond the head of the current epoch is not recoverable either.
     let mut c = Client::connect(&url, Enc::Json).await;
     let r = resubscribe(&mut c, channel, &epoch, 1000).await;
-    assert_eq!((r["recovered"].clone(), r["replayed"].clone(), r["offset"].clone()), (json!(false), json!(0), json!(28)), "{r}");
+    assert_eq!(
+        (
+            r["recovered"].clone(),
+            r["replayed"].clone(),
+            r["offset"].clone()
+        ),
+        (json!(false), json!(0), json!(28)),
+        "{r}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -323,19 +392,34 @@ async fn history_size_zero_keeps_nothing_but_resume_from_head_works() {
     let mut publisher = Client::connect(&url, Enc::Json).await;
     let acks = publish_pipelined(&mut publisher, channel, 0, 3, 3, None).await;
     let epoch = acks[0].2.clone();
-    let h = publisher.ok(json!({"type": "history", "channel": channel})).await;
-    assert_eq!((h["head"].clone(), h["oldest"].clone()), (json!(3), Value::Null), "{h}");
+    let h = publisher
+        .ok(json!({"type": "history", "channel": channel}))
+        .await;
+    assert_eq!(
+        (h["head"].clone(), h["oldest"].clone()),
+        (json!(3), Value::Null),
+        "{h}"
+    );
     assert_eq!(h["messages"], json!([]));
     let mut c = Client::connect(&url, Enc::Json).await;
     let r = resubscribe(&mut c, channel, &epoch, 2).await;
     assert_eq!(r["recovered"], false, "{r}");
     let mut c = Client::connect(&url, Enc::Json).await;
     let r = resubscribe(&mut c, channel, &epoch, 3).await;
-    assert_eq!((r["recovered"].clone(), r["replayed"].clone()), (json!(true), json!(0)), "{r}");
+    assert_eq!(
+        (r["recovered"].clone(), r["replayed"].clone()),
+        (json!(true), json!(0)),
+        "{r}"
+    );
 }
 
 /// Polls the `history` command until `pred` holds on its result.
-async fn history_until(c: &mut Client, channel: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+async fn history_until(
+    c: &mut Client,
+    channel: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
         let h = c.ok(json!({"type": "history", "channel": channel})).await;
@@ -365,23 +449,42 @@ async fn retention_by_age_on_an_active_channel() {
     let t0 = tokio::time::Instant::now();
     let acks = publish_pipelined(&mut publisher, channel, 0, 5, 5, None).await;
     let epoch = acks[0].2.clone();
-    let h = publisher.ok(json!({"type": "history", "channel": channel})).await;
-    assert!(t0.elapsed() < Duration::from_millis(900), "too slow to check the before state");
-    assert_eq!(h["messages"].as_array().unwrap().len(), 5, "young messages are kept: {h}");
+    let h = publisher
+        .ok(json!({"type": "history", "channel": channel}))
+        .await;
+    assert!(
+        t0.elapsed() < Duration::from_millis(900),
+        "too slow to check the before state"
+    );
+    assert_eq!(
+        h["messages"].as_array().unwrap().len(),
+        5,
+        "young messages are kept: {h}"
+    );
     assert_eq!(h["oldest"], 1);
 
-    let h = history_until(&mut publisher, channel, "messages older than 1 s trimmed", |h| {
-        h["messages"].as_array().unwrap().is_empty()
-    })
+    let h = history_until(
+        &mut publisher,
+        channel,
+        "messages older than 1 s trimmed",
+        |h| h["messages"].as_array().unwrap().is_empty(),
+    )
     .await;
-    assert!(t0.elapsed() >= Duration::from_millis(1000), "trimmed before the TTL: {h}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1000),
+        "trimmed before the TTL: {h}"
+    );
     assert_eq!(h["head"], 5, "the head stays: {h}");
     assert_eq!(h["oldest"], Value::Null, "{h}");
     assert!(node.node().channels.is_active(channel));
 
     let mut c = Client::connect(&url, Enc::Json).await;
     let r = resubscribe(&mut c, channel, &epoch, 0).await;
-    assert_eq!((r["recovered"].clone(), r["replayed"].clone()), (json!(false), json!(0)), "{r}");
+    assert_eq!(
+        (r["recovered"].clone(), r["replayed"].clone()),
+        (json!(false), json!(0)),
+        "{r}"
+    );
     assert_eq!(r["offset"], 5);
     // The newest 5 were delivered live to `sub`; a new one reaches both.
     for k in 1..=5 {
@@ -407,13 +510,32 @@ async fn retention_by_age_on_an_inactive_channel_via_the_sweeper() {
         publish_pipelined(&mut publisher, channel, 0, 5, 5, None).await;
     }
     let n = node.node().clone();
-    eventually("the idle channel actor stops", || !n.channels.is_active(channel)).await;
-    let st = n.store.peek_state(channel).unwrap().expect("channel known to the store");
-    assert!(t0.elapsed() < Duration::from_millis(900), "actor took too long to stop for this test");
-    assert_eq!((st.head, st.oldest), (5, Some(1)), "nothing trimmed before the TTL");
+    eventually("the idle channel actor stops", || {
+        !n.channels.is_active(channel)
+    })
+    .await;
+    let st = n
+        .store
+        .peek_state(channel)
+        .unwrap()
+        .expect("channel known to the store");
+    assert!(
+        t0.elapsed() < Duration::from_millis(900),
+        "actor took too long to stop for this test"
+    );
+    assert_eq!(
+        (st.head, st.oldest),
+        (5, Some(1)),
+        "nothing trimmed before the TTL"
+    );
     // Only the sweeper can trim now (no actor; checking the store directly starts none).
     eventually("the sweeper trims the inactive channel", || {
-        n.store.peek_state(channel).unwrap().unwrap().oldest.is_none()
+        n.store
+            .peek_state(channel)
+            .unwrap()
+            .unwrap()
+            .oldest
+            .is_none()
     })
     .await;
     assert!(t0.elapsed() >= Duration::from_millis(1000));
@@ -433,32 +555,52 @@ async fn idempotent_publish_survives_a_restart() {
     let pubk = |key: &str, data: Value| json!({"type": "publish", "channel": channel, "data": data, "key": key});
     let first = c.ok(pubk("k1", json!({"n": 1}))).await;
     assert_eq!(first["offset"], 1);
-    let again = c.ok(pubk("k1", json!({"n": "different data, same key"}))).await;
+    let again = c
+        .ok(pubk("k1", json!({"n": "different data, same key"})))
+        .await;
     assert_eq!(again, first, "same key, same {{id, epoch, offset}}");
 
     // Two pipelined publishes with the same key, the second sent before the first is durable.
     for i in 0..2 {
-        c.send(json!({"v": 1, "type": "publish", "id": format!("dup{i}"), "channel": channel,
-                      "data": {"n": 2}, "key": "k2"}))
-            .await;
+        c.send(
+            json!({"v": 1, "type": "publish", "id": format!("dup{i}"), "channel": channel,
+                      "data": {"n": 2}, "key": "k2"}),
+        )
+        .await;
     }
     let (a, b) = (c.next_frame().await, c.next_frame().await);
-    assert_eq!((a["type"].clone(), b["type"].clone()), (json!("reply"), json!("reply")), "{a} {b}");
-    assert_eq!(a["result"], b["result"], "pipelined duplicates share one message");
+    assert_eq!(
+        (a["type"].clone(), b["type"].clone()),
+        (json!("reply"), json!("reply")),
+        "{a} {b}"
+    );
+    assert_eq!(
+        a["result"], b["result"],
+        "pipelined duplicates share one message"
+    );
     assert_eq!(a["result"]["offset"], 2);
     // Keys are per channel.
-    let other = c.ok(json!({"type": "publish", "channel": "idem:b", "data": 1, "key": "k1"})).await;
+    let other = c
+        .ok(json!({"type": "publish", "channel": "idem:b", "data": 1, "key": "k1"}))
+        .await;
     assert_eq!(other["offset"], 1);
     assert_ne!(other["id"], first["id"]);
     let plain = c.publish(channel, json!({"n": 3})).await;
     assert_eq!(plain["offset"], 3, "the duplicates created no message");
 
-    let delivered: Vec<u64> = [sub.next_message().await, sub.next_message().await, sub.next_message().await]
-        .iter()
-        .map(|m| u(&m["offset"]))
-        .collect();
+    let delivered: Vec<u64> = [
+        sub.next_message().await,
+        sub.next_message().await,
+        sub.next_message().await,
+    ]
+    .iter()
+    .map(|m| u(&m["offset"]))
+    .collect();
     assert_eq!(delivered, [1, 2, 3]);
-    assert!(drain_messages(&mut sub).await.is_empty(), "one message per key delivered");
+    assert!(
+        drain_messages(&mut sub).await.is_empty(),
+        "one message per key delivered"
+    );
     drop((sub, c));
 
     shutdown(node).await;
@@ -470,7 +612,11 @@ async fn idempotent_publish_survives_a_restart() {
     assert_eq!(k2, a["result"]);
     let h = c.ok(json!({"type": "history", "channel": channel})).await;
     assert_eq!(h["head"], 3, "no new message after the restart: {h}");
-    assert_eq!(h["messages"][0]["data"], json!({"n": 1}), "the original data is kept");
+    assert_eq!(
+        h["messages"][0]["data"],
+        json!({"n": 1}),
+        "the original data is kept"
+    );
     let fresh = c.ok(pubk("k3", json!({"n": 4}))).await;
     assert_eq!(fresh["offset"], 4);
     drop(dir);
@@ -487,7 +633,10 @@ async fn idempotency_key_expires_after_the_window() {
     assert_eq!(c.ok(cmd.clone()).await, a);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let b = c.ok(cmd).await;
-    assert_eq!(b["offset"], 2, "an expired key publishes a new message: {b}");
+    assert_eq!(
+        b["offset"], 2,
+        "an expired key publishes a new message: {b}"
+    );
 }
 
 /// Overwrites every file under `dir` (recursively) with pseudo-random bytes of at least 4 KiB.
@@ -537,18 +686,29 @@ async fn corrupt_data_dir_is_moved_aside_and_channels_get_a_new_epoch() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("history.corrupt-"))
         .collect();
-    assert_eq!(aside.len(), 1, "one moved-aside dir expected, found {aside:?}");
+    assert_eq!(
+        aside.len(),
+        1,
+        "one moved-aside dir expected, found {aside:?}"
+    );
     assert!(dir.path().join(&aside[0]).is_dir());
 
     let mut c = Client::connect(&node.ws_url(), Enc::Json).await;
     let r = resubscribe(&mut c, channel, &old_epoch, 20).await;
     assert_eq!(r["recovered"], false, "{r}");
     assert_eq!(r["replayed"], 0);
-    assert_ne!(r["epoch"], old_epoch.as_str(), "history was lost: the epoch must change");
+    assert_ne!(
+        r["epoch"],
+        old_epoch.as_str(),
+        "history was lost: the epoch must change"
+    );
     assert_eq!(r["offset"], 0);
     let mut p = Client::connect(&node.ws_url(), Enc::Json).await;
     let again = p.publish(channel, json!("after")).await;
-    assert_eq!((again["offset"].clone(), again["epoch"].clone()), (json!(1), r["epoch"].clone()));
+    assert_eq!(
+        (again["offset"].clone(), again["epoch"].clone()),
+        (json!(1), r["epoch"].clone())
+    );
     assert_eq!(u(&c.next_message().await["offset"]), 1);
 }
 
@@ -578,14 +738,21 @@ async fn history_paging_limit_next_and_max_page() {
         assert_eq!(h["oldest"], 1, "{h}");
         let msgs = h["messages"].as_array().unwrap();
         let offsets: Vec<u64> = msgs.iter().map(|m| u(&m["offset"])).collect();
-        assert_eq!(offsets, (from..=to).collect::<Vec<_>>(), "page {from}..={to}");
+        assert_eq!(
+            offsets,
+            (from..=to).collect::<Vec<_>>(),
+            "page {from}..={to}"
+        );
         for m in msgs {
             let off = u(&m["offset"]);
             assert_eq!(m["id"], acks[(off - 1) as usize].1.as_str());
             assert_eq!(m["data"], json!({"i": off - 1}));
             assert_eq!(m["channel"], channel);
             assert_eq!(m["epoch"], epoch.as_str());
-            assert!(m.get("type").is_none() && m.get("v").is_none(), "no envelope fields: {m}");
+            assert!(
+                m.get("type").is_none() && m.get("v").is_none(),
+                "no envelope fields: {m}"
+            );
         }
         assert_eq!(h["next"], next, "next of page {from}..={to}");
     };
@@ -594,9 +761,13 @@ async fn history_paging_limit_next_and_max_page() {
     let h = c.ok(json!({"type": "history", "channel": channel})).await;
     check_page(&h, 1, 50, json!(50));
     // Explicit small limit.
-    let h = c.ok(json!({"type": "history", "channel": channel, "limit": 20})).await;
+    let h = c
+        .ok(json!({"type": "history", "channel": channel, "limit": 20}))
+        .await;
     check_page(&h, 1, 20, json!(20));
-    let h = c.ok(json!({"type": "history", "channel": channel, "since": 20, "limit": 7})).await;
+    let h = c
+        .ok(json!({"type": "history", "channel": channel, "since": 20, "limit": 7}))
+        .await;
     check_page(&h, 21, 27, json!(27));
     // Over max_page: capped; follow `next` to the end.
     let mut since = Value::from(0);
@@ -610,23 +781,37 @@ async fn history_paging_limit_next_and_max_page() {
         assert!(pages.len() <= 3, "paging does not end");
     }
     assert_eq!(pages, [50, 50, 20]);
-    let h = c.ok(json!({"type": "history", "channel": channel, "since": 100, "limit": 1000})).await;
+    let h = c
+        .ok(json!({"type": "history", "channel": channel, "since": 100, "limit": 1000}))
+        .await;
     check_page(&h, 101, 120, Value::Null);
     // A page ending exactly at the head has next = null.
-    let h = c.ok(json!({"type": "history", "channel": channel, "since": 110, "limit": 10})).await;
+    let h = c
+        .ok(json!({"type": "history", "channel": channel, "since": 110, "limit": 10}))
+        .await;
     check_page(&h, 111, 120, Value::Null);
     // At or past the head: empty.
     for since in [120, 5000] {
-        let h = c.ok(json!({"type": "history", "channel": channel, "since": since})).await;
+        let h = c
+            .ok(json!({"type": "history", "channel": channel, "since": since}))
+            .await;
         assert_eq!(h["messages"], json!([]), "{h}");
         assert_eq!(h["next"], Value::Null);
         assert_eq!(h["head"], 120);
     }
     // Same page over MessagePack.
     let mut m = Client::connect(&url, Enc::Msgpack).await;
-    let h = m.ok(json!({"type": "history", "channel": channel, "since": 60, "limit": 5})).await;
+    let h = m
+        .ok(json!({"type": "history", "channel": channel, "since": 60, "limit": 5}))
+        .await;
     check_page(&h, 61, 65, json!(65));
     // Bad arguments.
-    let e = c.request(json!({"type": "history", "channel": channel, "since": "x"})).await;
-    assert_eq!((e["type"].clone(), e["code"].clone()), (json!("error"), json!("bad_request")), "{e}");
+    let e = c
+        .request(json!({"type": "history", "channel": channel, "since": "x"}))
+        .await;
+    assert_eq!(
+        (e["type"].clone(), e["code"].clone()),
+        (json!("error"), json!("bad_request")),
+        "{e}"
+    );
 }

@@ -10,8 +10,8 @@ use tokio::sync::oneshot;
 
 use super::replay::{self, ReplayDone, ReplayJob};
 use super::{
-    ChannelError, Evict, History, HistoryPage, Outbox, Presence, Publish, Published, Subscribe,
-    Unsubscribe,
+    ChannelError, ChannelInfo, Evict, History, HistoryPage, Inspect, Outbox, Presence, Publish,
+    Published, ResetHistory, Subscribe, SubscriberInfo, Unsubscribe,
 };
 use crate::config::NamespaceOptions;
 use crate::history::{HistoryError, Retention, StoredMessage};
@@ -26,6 +26,7 @@ const FLUSH_RETRY: Duration = Duration::from_millis(100);
 /// A message appended to the log but not yet durable: not delivered, not acknowledged.
 struct Pending {
     offset: u64,
+    accepted: Instant,
     id: String,
     from: Option<Arc<str>>,
     data: rmpv::Value,
@@ -49,6 +50,7 @@ impl Delivery {
 
 struct Subscriber {
     user: Option<Arc<str>>,
+    since_ms: u64,
     encoding: Encoding,
     outbox: Outbox,
     evict: Recipient<Evict>,
@@ -75,6 +77,7 @@ pub struct ChannelActor {
     pending: VecDeque<Pending>,
     subscribers: HashMap<Arc<str>, Subscriber>,
     last_activity: Instant,
+    last_publish_ms: Option<u64>,
 }
 
 impl ChannelActor {
@@ -91,6 +94,7 @@ impl ChannelActor {
             pending: VecDeque::new(),
             subscribers: HashMap::new(),
             last_activity: Instant::now(),
+            last_publish_ms: None,
             node,
         })
     }
@@ -151,6 +155,10 @@ impl ChannelActor {
                 break;
             };
             self.deliver(&p);
+            self.node
+                .stats
+                .publish_to_deliver
+                .observe_duration(p.accepted.elapsed());
             self.durable = p.offset;
             let reply = self.published(&p.id, p.offset);
             for w in p.waiters {
@@ -375,9 +383,11 @@ impl Handler<Publish> for ChannelActor {
             Err(e) => return Box::pin(ready(Err(ChannelError::Storage(e.to_string())))),
         };
         self.head = offset;
+        self.last_publish_ms = Some(now);
         Stats::add(&self.node.stats.publishes, 1);
         self.pending.push_back(Pending {
             offset,
+            accepted: Instant::now(),
             id: stored.id,
             from: msg.from,
             data: msg.data,
@@ -432,17 +442,7 @@ impl Handler<Subscribe> for ChannelActor {
         };
         let frame =
             encode(msg.encoding, &reply).map_err(|e| ChannelError::Storage(e.to_string()))?;
-        if msg.outbox.try_send(frame).is_err() {
-            msg.evict.do_send(Evict {
-                code: CloseCode::SlowConsumer,
-                reason: None,
-            });
-            return Err(ChannelError::Unavailable);
-        }
         let session = msg.session.clone();
-        if self.ns.join_leave {
-            self.announce(true, &session, msg.user.as_deref());
-        }
         let job = replay_from.map(|after| ReplayJob {
             store: self.node.store.clone(),
             channel: self.name.clone(),
@@ -452,9 +452,15 @@ impl Handler<Subscribe> for ChannelActor {
             after,
             upto: self.durable,
         });
+        // Registered (and counted) before the reply is queued, so whoever sees the reply sees the
+        // subscription. Nothing can be delivered in between: this handler runs to completion.
+        let outbox = msg.outbox.clone();
+        let evict = msg.evict.clone();
+        let user = msg.user.clone();
         self.subscribers.insert(
             msg.session,
             Subscriber {
+                since_ms: protocol::now_ms(),
                 user: msg.user,
                 encoding: msg.encoding,
                 outbox: msg.outbox,
@@ -466,6 +472,17 @@ impl Handler<Subscribe> for ChannelActor {
             },
         );
         Stats::gauge(&self.node.stats.subscriptions, 1);
+        if outbox.try_send(frame).is_err() {
+            self.remove_subscriber(&session, false);
+            evict.do_send(Evict {
+                code: CloseCode::SlowConsumer,
+                reason: None,
+            });
+            return Err(ChannelError::Unavailable);
+        }
+        if self.ns.join_leave {
+            self.announce(true, &session, user.as_deref());
+        }
         if let Some(job) = job {
             let me = ctx.address();
             actix::spawn(async move {
@@ -572,5 +589,52 @@ impl Handler<History> for ChannelActor {
             messages,
             next,
         })
+    }
+}
+
+impl Handler<Inspect> for ChannelActor {
+    type Result = MessageResult<Inspect>;
+
+    fn handle(&mut self, _msg: Inspect, _ctx: &mut Self::Context) -> Self::Result {
+        let mut subscribers: Vec<SubscriberInfo> = self
+            .subscribers
+            .iter()
+            .map(|(id, s)| SubscriberInfo {
+                session: id.to_string(),
+                user: s.user.as_deref().map(str::to_owned),
+                since_ms: s.since_ms,
+            })
+            .collect();
+        subscribers.sort_by(|a, b| a.session.cmp(&b.session));
+        MessageResult(ChannelInfo {
+            name: self.name.to_string(),
+            namespace: namespace_of(&self.name).to_string(),
+            options: self.ns.clone(),
+            epoch: self.epoch.to_string(),
+            head: self.durable,
+            pending: self.pending.len(),
+            subscribers,
+            last_publish_ms: self.last_publish_ms,
+        })
+    }
+}
+
+impl Handler<ResetHistory> for ChannelActor {
+    type Result = Result<String, ChannelError>;
+
+    fn handle(&mut self, _msg: ResetHistory, _ctx: &mut Self::Context) -> Self::Result {
+        if !self.pending.is_empty() || self.replay_floor().is_some() {
+            return Err(ChannelError::Unavailable);
+        }
+        let state = self
+            .node
+            .store
+            .reset(&self.name)
+            .map_err(|e| ChannelError::Storage(e.to_string()))?;
+        tracing::warn!(channel = %self.name, epoch = %state.epoch, "channel history reset by operator");
+        self.epoch = Arc::from(state.epoch.as_str());
+        self.head = state.head;
+        self.durable = state.head;
+        Ok(state.epoch)
     }
 }

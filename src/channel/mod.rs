@@ -111,3 +111,40 @@ pub struct HistoryPage {
     pub messages: Vec<crate::history::StoredMessage>,
     pub next: Option<u64>,
 }
+
+/// Asks a channel for its state, for operators (admin API).
+#[derive(Message)]
+#[rtype(result = "ChannelInfo")]
+pub struct Inspect;
+
+/// A channel's live state as its actor sees it.
+#[derive(Debug, Clone)]
+pub struct ChannelInfo {
+    pub name: String,
+    pub namespace: String,
+    pub options: crate::config::NamespaceOptions,
+    pub epoch: String,
+    /// Offset of the last durable (delivered) message.
+    pub head: u64,
+    /// Messages appended but waiting for their flush.
+    pub pending: usize,
+    /// Subscribers, ordered by session id.
+    pub subscribers: Vec<SubscriberInfo>,
+    /// Server time (ms) of the last publish this actor accepted, if any since it started.
+    pub last_publish_ms: Option<u64>,
+}
+
+/// One subscriber of a channel.
+#[derive(Debug, Clone)]
+pub struct SubscriberInfo {
+    pub session: String,
+    pub user: Option<String>,
+    /// When it subscribed (ms since the Unix epoch).
+    pub since_ms: u64,
+}
+
+/// Operator reset: deletes the channel's history and starts a new epoch. Subscribers stay subscribed and
+/// continue from offset 1 of the new epoch; resuming clients see `recovered: false`.
+#[derive(Message)]
+#[rtype(result = "Result<String, ChannelError>")]
+pub struct ResetHistory;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::actor::{namespace_of, retention_of};
-use crate::node::Node;
+use crate::node::{Node, Stats};
 use crate::protocol::now_ms;
 
 /// Channels examined per registry page.
@@ -46,11 +46,13 @@ fn sweep(node: &Node) -> Result<(), crate::history::HistoryError> {
         after = Some(last.clone());
         for (name, _) in &page {
             let retention = retention_of(&node.config.namespace(namespace_of(name)));
-            if let Some(Err(e)) = node
+            match node
                 .channels
                 .with_inactive(name, || node.store.trim(name, &retention, now, None))
             {
-                tracing::warn!(channel = %name, error = %e, "trim failed");
+                Some(Ok(n)) => Stats::add(&node.stats.history_trimmed, n),
+                Some(Err(e)) => tracing::warn!(channel = %name, error = %e, "trim failed"),
+                None => {}
             }
         }
         if page.len() < PAGE {

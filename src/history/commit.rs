@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::error::HistoryError;
+use crate::metrics::Histogram;
 
 type Reply = oneshot::Sender<Result<(), HistoryError>>;
 
@@ -58,6 +59,7 @@ impl Flusher {
         db: sled::Db,
         window: Duration,
         flushes: Arc<AtomicU64>,
+        flush_seconds: Arc<Histogram>,
     ) -> std::io::Result<Flusher> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
@@ -66,7 +68,7 @@ impl Flusher {
         let s2 = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("history-flusher".into())
-            .spawn(move || run(&s2, &db, window, &flushes))?;
+            .spawn(move || run(&s2, &db, window, &flushes, &flush_seconds))?;
         Ok(Flusher {
             shared,
             thread: Mutex::new(Some(thread)),
@@ -116,7 +118,13 @@ impl Drop for Flusher {
     }
 }
 
-fn run(shared: &Shared, db: &sled::Db, window: Duration, flushes: &AtomicU64) {
+fn run(
+    shared: &Shared,
+    db: &sled::Db,
+    window: Duration,
+    flushes: &AtomicU64,
+    flush_seconds: &Histogram,
+) {
     loop {
         let batch = {
             let mut st = shared.lock();
@@ -147,7 +155,9 @@ fn run(shared: &Shared, db: &sled::Db, window: Duration, flushes: &AtomicU64) {
             std::mem::take(&mut st.waiters)
         };
         // The flush starts strictly after every waiter in `batch` registered.
+        let started = Instant::now();
         let res = db.flush().map(|_| ()).map_err(HistoryError::Sled);
+        flush_seconds.observe_duration(started.elapsed());
         flushes.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &res {
             tracing::error!(error = %e, waiters = batch.len(), "history group-commit flush failed");

@@ -19,6 +19,7 @@ use super::commit::{Durable, Flusher};
 use super::error::HistoryError;
 use super::keys::{self, IdemEntry, Meta};
 use super::{ChannelState, IdempotentHit, OpenReport, StoreConfig, StoredMessage};
+use crate::metrics::{Histogram, HistogramSnapshot, LATENCY_BUCKETS};
 
 /// Keys removed per transaction by trim / reset / sweep: bounds the memory and lock time of one
 /// transaction while keeping each step crash-consistent.
@@ -50,6 +51,8 @@ pub(super) struct Inner {
     pub(super) idem_exp: Tree,
     pub(super) cursors: Tree,
     pub(super) flushes: Arc<AtomicU64>,
+    /// Duration of group-commit flushes.
+    pub(super) flush_seconds: Arc<Histogram>,
     pub(super) path: PathBuf,
 }
 
@@ -135,8 +138,14 @@ fn try_open(cfg: &StoreConfig) -> Result<Store, OpenFailure> {
         return Err(OpenFailure::Corrupt(e.to_string(), None));
     }
     let flushes = Arc::new(AtomicU64::new(0));
-    let flusher = Flusher::start(db.clone(), cfg.group_commit, Arc::clone(&flushes))
-        .map_err(|e| OpenFailure::Unavailable(sled::Error::Io(e)))?;
+    let flush_seconds = Arc::new(Histogram::new(LATENCY_BUCKETS));
+    let flusher = Flusher::start(
+        db.clone(),
+        cfg.group_commit,
+        Arc::clone(&flushes),
+        Arc::clone(&flush_seconds),
+    )
+    .map_err(|e| OpenFailure::Unavailable(sled::Error::Io(e)))?;
     Ok(Store {
         inner: Arc::new(Inner {
             flusher,
@@ -147,6 +156,7 @@ fn try_open(cfg: &StoreConfig) -> Result<Store, OpenFailure> {
             idem_exp,
             cursors,
             flushes,
+            flush_seconds,
             path: cfg.path.clone(),
         }),
     })
@@ -479,6 +489,11 @@ impl Store {
         self.inner.db.flush()?;
         self.inner.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Durations of the group-commit flushes so far.
+    pub fn flush_seconds(&self) -> HistogramSnapshot {
+        self.inner.flush_seconds.snapshot()
     }
 
     /// Number of flushes run so far (group commit and [`Store::flush`]); for tests and metrics.

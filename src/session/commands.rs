@@ -207,7 +207,11 @@ impl Session {
         ctx: &mut Context<Self>,
     ) {
         let max = self.node.config.history.max_page;
-        let limit = limit.map_or(100.min(max), |l| (l as usize).min(max));
+        if limit == Some(0) {
+            let err = FrameError::bad(Some(id), "`limit` must be at least 1");
+            return self.fail((err, None), ctx);
+        }
+        let limit = limit.map_or(100.min(max), |l| (l.min(max as u64)) as usize);
         let Some(addr) = self.channel_addr(&id, &channel, ctx) else {
             return;
         };

@@ -251,6 +251,10 @@ impl Actor for Session {
         self.node.sessions.remove(&self.id);
         Stats::gauge(&self.node.stats.sessions, -1);
         Stats::add(&self.node.stats.connections_closed, 1);
+        self.node
+            .stats
+            .connection_lifetime
+            .observe_duration(self.opened.elapsed());
         tracing::debug!(session = %self.id, lifetime_ms = self.opened.elapsed().as_millis() as u64, "session ended");
     }
 }

@@ -43,6 +43,8 @@ impl Target {
 pub struct Client {
     pub ws: WebSocketStream<TcpStream>,
     sio: bool,
+    /// Close code and reason (or herald's `disconnect` frame) if the server closed the connection.
+    pub closed_with: Option<String>,
 }
 
 fn config() -> WebSocketConfig {
@@ -69,7 +71,11 @@ impl Client {
         let req = t.url.as_str().into_client_request()?;
         let (ws, _) =
             tokio_tungstenite::client_async_with_config(req, stream, Some(config())).await?;
-        let mut c = Client { ws, sio: t.sio };
+        let mut c = Client {
+            ws,
+            sio: t.sio,
+            closed_with: None,
+        };
         if c.sio {
             // engine.io sends `0{...}` (open) first; socket.io needs the `40` connect packet.
             c.ws.send(Message::text("40")).await?;
@@ -118,6 +124,9 @@ impl Client {
                 Some(Ok(Message::Text(t))) => {
                     let b: Bytes = t.into();
                     if !self.sio {
+                        if frame_type(&b) == b"disconnect" {
+                            self.closed_with = Some(String::from_utf8_lossy(&b).into_owned());
+                        }
                         return Ok(Some(b));
                     }
                     if b.starts_with(b"42[\"msg\",") && b.len() > 10 {
@@ -130,7 +139,15 @@ impl Client {
                     }
                 }
                 Some(Ok(Message::Binary(b))) if !self.sio => return Ok(Some(b)),
-                Some(Ok(Message::Close(_))) => return Ok(None),
+                Some(Ok(Message::Close(cf))) => {
+                    if self.closed_with.is_none() {
+                        self.closed_with = Some(match cf {
+                            Some(cf) => format!("close {} {}", u16::from(cf.code), cf.reason),
+                            None => "close without code".into(),
+                        });
+                    }
+                    return Ok(None);
+                }
                 Some(Ok(_)) => {}
             }
         }
@@ -206,12 +223,19 @@ fn parse_uint(b: &[u8]) -> Option<u64> {
     any.then_some(n)
 }
 
-/// The send timestamp `"t":<unix nanos>` that publishers put into `data`.
+/// The send timestamp `"t":<unix micros>` that publishers put into `data`, returned in nanoseconds.
+/// Microseconds, not nanoseconds, on the wire: JavaScript peers parse numbers as doubles, exact only
+/// below 2^53, and unix nanoseconds are above that.
 pub fn find_t(b: &[u8]) -> Option<u64> {
     static F: OnceLock<memmem::Finder<'static>> = OnceLock::new();
     let f = F.get_or_init(|| memmem::Finder::new(b"\"t\":"));
     let i = f.find(b)?;
-    parse_uint(&b[i + 4..])
+    Some(parse_uint(&b[i + 4..])? * 1000)
+}
+
+/// Intended send time (ns, whole microseconds) of message `i` of an open-loop schedule.
+pub fn sched(start_ns: u64, i: u64, period_ns: f64) -> u64 {
+    (start_ns + (i as f64 * period_ns) as u64) / 1000 * 1000
 }
 
 /// `"offset":<n>` of a message frame.
@@ -222,9 +246,9 @@ pub fn find_offset(b: &[u8]) -> Option<u64> {
     parse_uint(&b[i + 9..])
 }
 
-/// A publish command whose `data` is `{"t":<t>,"p":"xxx…"}`, padded so that `data` is `size` bytes.
-pub fn publish_json(id: u64, channel: &str, t: u64, size: usize) -> String {
-    let head = format!(r#"{{"t":{t},"p":""#);
+/// A publish command whose `data` is `{"t":<t_ns/1000>,"p":"xxx…"}`, padded so that `data` is `size` bytes.
+pub fn publish_json(id: u64, channel: &str, t_ns: u64, size: usize) -> String {
+    let head = format!(r#"{{"t":{},"p":""#, t_ns / 1000);
     let pad = size.saturating_sub(head.len() + 2);
     let mut s = String::with_capacity(size + 80);
     s.push_str(r#"{"v":1,"type":"publish","id":"#);

@@ -1,5 +1,5 @@
 //! The four scenarios. Each returns one JSON object (see docs in benches/compare.sh).
-use crate::client::{find_offset, find_t, frame_type, publish_json, Client, Target};
+use crate::client::{find_offset, find_t, frame_type, publish_json, sched, Client, Target};
 use crate::util::{self, gen_cpu, hist_json, new_hist, now_ns, progress, thread_cpu, Server, R};
 use crate::Common;
 use clap::Args;
@@ -112,7 +112,7 @@ pub struct FanoutArgs {
     pub all_steps: bool,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct FanStats {
     ws: u64,
     we: u64,
@@ -121,6 +121,7 @@ struct FanStats {
     arrived: u64,
     total: u64,
     closed: u64,
+    first_close: Option<String>,
 }
 
 struct PubRun {
@@ -200,6 +201,9 @@ fn spawn_publisher(t: Target, channel: String, size: usize) -> R<mpsc::Unbounded
                             if let Err(e) = r {
                                 rep.first_error.get_or_insert(e.to_string());
                             }
+                            if let Some(w) = &c.closed_with {
+                                rep.first_error.get_or_insert(w.clone());
+                            }
                         }
                         Ev::Tick => {
                             let (run, i) = cur.as_mut().unwrap();
@@ -211,7 +215,7 @@ fn spawn_publisher(t: Target, channel: String, size: usize) -> R<mpsc::Unbounded
                             let due =
                                 (((now - run.start_ns) as f64 / period) as u64 + 1).min(run.n);
                             if *i < due {
-                                let first_t = run.start_ns + (*i as f64 * period) as u64;
+                                let first_t = sched(run.start_ns, *i, period);
                                 rep.max_lag_ms = rep
                                     .max_lag_ms
                                     .max((now.saturating_sub(first_t)) as f64 / 1e6);
@@ -219,7 +223,7 @@ fn spawn_publisher(t: Target, channel: String, size: usize) -> R<mpsc::Unbounded
                             let mut failed = rep.closed;
                             while *i < due && !failed {
                                 id += 1;
-                                let ts = run.start_ns + (*i as f64 * period) as u64;
+                                let ts = sched(run.start_ns, *i, period);
                                 failed =
                                     c.feed(publish_json(id, &channel, ts, size)).await.is_err();
                                 *i += 1;
@@ -297,7 +301,11 @@ pub async fn fanout(a: FanoutArgs) -> R<Value> {
                         }
                     }
                     _ => {
-                        st.borrow_mut().closed += 1;
+                        let mut s = st.borrow_mut();
+                        s.closed += 1;
+                        if s.first_close.is_none() {
+                            s.first_close = c.closed_with.clone();
+                        }
                         break;
                     }
                 }
@@ -319,7 +327,7 @@ pub async fn fanout(a: FanoutArgs) -> R<Value> {
         let n = (rate * a.step_secs).round() as u64;
         let period = 1e9 / rate;
         let expected_msgs = (0..n)
-            .map(|i| start + (i as f64 * period) as u64)
+            .map(|i| sched(start, i, period))
             .filter(|&x| x >= ws && x < we)
             .count() as u64;
         {
@@ -356,11 +364,12 @@ pub async fn fanout(a: FanoutArgs) -> R<Value> {
             c1.2 - c0.2,
             c1.3 - c0.3,
         );
-        let s = st.borrow();
+        // An owned copy, so no RefCell borrow lives across the awaits below.
+        let s = st.borrow().clone();
         let h = s.hist.as_ref().unwrap();
         let dps = s.arrived as f64 / wall;
         let lost = expected.saturating_sub(s.matched);
-        let p99 = if h.len() > 0 {
+        let p99 = if !h.is_empty() {
             h.value_at_quantile(0.99) as f64 / 1000.0
         } else {
             f64::INFINITY
@@ -374,6 +383,8 @@ pub async fn fanout(a: FanoutArgs) -> R<Value> {
             "expected_deliveries": expected,
             "lost_deliveries": lost,
             "subscribers_alive": alive,
+            "subscribers_closed_total": s.closed,
+            "subscriber_first_close": s.first_close,
             "published": rep.sent,
             "publish_replies": rep.replies,
             "publish_errors": rep.errors,
@@ -407,7 +418,10 @@ pub async fn fanout(a: FanoutArgs) -> R<Value> {
         } else if rep.errors > 0 {
             Some(format!("publish errors: {:?}", rep.first_error))
         } else if st.borrow().closed >= alive0 {
-            Some("all subscribers disconnected".into())
+            Some(format!(
+                "all subscribers disconnected: {:?}",
+                st.borrow().first_close
+            ))
         } else if !server.alive() {
             Some("server died".into())
         } else if p99 > a.p99_limit_ms {
@@ -466,9 +480,11 @@ pub struct IdleArgs {
     /// After the idle reading, publish a burst of large messages to every connection, then rest
     #[arg(long)]
     pub burst: bool,
-    #[arg(long, default_value_t = 10)]
+    /// Messages in the burst
+    #[arg(long, default_value_t = 20)]
     pub burst_count: u64,
-    #[arg(long, default_value_t = 65536)]
+    /// Size of each burst message's `data` (herald refuses more than limits.max_publish_bytes = 32 KiB)
+    #[arg(long, default_value_t = 30000)]
     pub burst_size: usize,
     /// Seconds to rest after the burst before reading RSS again
     #[arg(long, default_value_t = 60.0)]
@@ -816,7 +832,9 @@ pub async fn replay(a: ReplayArgs) -> R<Value> {
     }
     let (mut expect, mut received, mut gaps, mut dups) = (since + 1, 0u64, 0u64, 0u64);
     let deadline = Instant::now() + Duration::from_secs_f64(a.timeout_secs);
-    let mut done = last_off == since;
+    // recovered:false means nothing will be replayed (e.g. history_size smaller than M): do not wait.
+    let refused = rv["result"]["recovered"] == json!(false);
+    let mut done = last_off == since || refused;
     while !done && Instant::now() < deadline {
         let f = match tokio::time::timeout_at(deadline.into(), r.recv()).await {
             Ok(Ok(Some(f))) => f,
@@ -858,7 +876,8 @@ pub async fn replay(a: ReplayArgs) -> R<Value> {
         "resume_reply": rv.get("result"),
         "time_to_reply_ms": reply_ms,
         "time_to_last_ms": last_ms,
-        "completed": done,
+        "completed": done && !refused,
+        "recovered": !refused,
         "replayed_received": received,
         "replay_msgs_per_s": received as f64 / (last_ms / 1e3),
         "gaps": gaps,

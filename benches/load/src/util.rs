@@ -88,7 +88,7 @@ pub fn new_hist() -> Histogram<u64> {
 
 pub fn hist_json(h: &Histogram<u64>) -> Value {
     let ms = |v: u64| v as f64 / 1000.0;
-    if h.len() == 0 {
+    if h.is_empty() {
         return json!({"count": 0});
     }
     json!({
