@@ -35,6 +35,7 @@ pub struct Config {
     pub channel: ChannelConfig,
     pub storage: StorageConfig,
     pub history: HistoryConfig,
+    pub admin: AdminConfig,
     /// Per-namespace options. `default` applies to channels without a `:` and to namespaces not listed;
     /// a listed namespace inherits every option it does not set from `default`.
     pub namespaces: BTreeMap<String, NamespaceOverrides>,
@@ -117,6 +118,21 @@ pub struct HistoryConfig {
     pub idempotency_window_ms: u64,
     /// How often retention (TTL) and expired idempotency keys are swept.
     pub sweep_interval_ms: u64,
+}
+
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token for `/api/*` on the admin listener. Empty refuses every `/api/*` request.
+    pub token: String,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("token", &if self.token.is_empty() { "" } else { "<redacted>" })
+            .finish()
+    }
 }
 
 /// Effective options of one namespace.
@@ -249,6 +265,7 @@ impl Default for Config {
             channel: ChannelConfig::default(),
             storage: StorageConfig::default(),
             history: HistoryConfig::default(),
+            admin: AdminConfig::default(),
             namespaces,
         }
     }

@@ -80,6 +80,16 @@ impl Registry {
         }
     }
 
+    /// The live actor of `name`, without starting one.
+    pub fn get(&self, name: &str) -> Option<Addr<ChannelActor>> {
+        self.lock().get(name).filter(|a| a.connected()).cloned()
+    }
+
+    /// Names of the active channels (a snapshot).
+    pub fn names(&self) -> Vec<Arc<str>> {
+        self.lock().keys().cloned().collect()
+    }
+
     /// Whether `name` has a live actor.
     pub fn is_active(&self, name: &str) -> bool {
         self.lock().contains_key(name)
