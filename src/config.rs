@@ -36,6 +36,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub history: HistoryConfig,
     pub admin: AdminConfig,
+    pub auth: AuthConfig,
     /// Per-namespace options. `default` applies to channels without a `:` and to namespaces not listed;
     /// a listed namespace inherits every option it does not set from `default`.
     pub namespaces: BTreeMap<String, NamespaceOverrides>,
@@ -56,6 +57,8 @@ pub struct ServerConfig {
     pub node_id: String,
     /// How long shutdown waits for sessions to receive their `disconnect` frame.
     pub shutdown_grace_ms: u64,
+    /// Serve `GET /conformance/echo`, an echo endpoint for the Autobahn conformance suite. Never in production.
+    pub conformance_echo: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -67,6 +70,8 @@ pub struct SessionConfig {
     pub heartbeat_timeout_ms: u64,
     /// Frames a session may have queued for its socket; a full outbox means a slow consumer (close 4001).
     pub outbox_capacity: usize,
+    /// Time a client has to send its complete handshake request; slower ones get 408.
+    pub handshake_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -88,6 +93,14 @@ pub struct LimitsConfig {
     pub max_subscriptions_per_connection: usize,
     /// Active channel actors per node; beyond it commands get `unavailable`.
     pub max_channels: usize,
+    /// Open connections per node; beyond it handshakes get 503 with `Retry-After`.
+    pub max_connections: usize,
+    /// Open connections per client IP; beyond it handshakes get 429 with `Retry-After`.
+    pub max_connections_per_ip: usize,
+    /// Open connections per authenticated user; beyond it handshakes get 429 with `Retry-After`.
+    pub max_connections_per_user: usize,
+    /// New connections per second per client IP (token bucket, burst of the same size).
+    pub connects_per_second_per_ip: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -130,7 +143,56 @@ pub struct AdminConfig {
 impl std::fmt::Debug for AdminConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminConfig")
-            .field("token", &if self.token.is_empty() { "" } else { "<redacted>" })
+            .field(
+                "token",
+                &if self.token.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .finish()
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Allow connections without a token (development only; a warning is logged at start-up).
+    pub anonymous: bool,
+    /// HS256 secret. Empty disables HS256.
+    pub hmac_secret: String,
+    /// Path to an RSA public key (PEM) for RS256. Empty disables RS256.
+    pub rsa_public_key: String,
+    /// Clock skew tolerated on `exp`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            anonymous: true,
+            hmac_secret: String::new(),
+            rsa_public_key: String::new(),
+            leeway_secs: 5,
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("anonymous", &self.anonymous)
+            .field(
+                "hmac_secret",
+                &if self.hmac_secret.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("rsa_public_key", &self.rsa_public_key)
+            .field("leeway_secs", &self.leeway_secs)
             .finish()
     }
 }
@@ -174,6 +236,7 @@ impl Default for ServerConfig {
             channel_threads: 0,
             node_id: String::new(),
             shutdown_grace_ms: 2000,
+            conformance_echo: false,
         }
     }
 }
@@ -184,6 +247,7 @@ impl Default for SessionConfig {
             heartbeat_ms: 25_000,
             heartbeat_timeout_ms: 60_000,
             outbox_capacity: 1024,
+            handshake_timeout_ms: 5_000,
         }
     }
 }
@@ -200,6 +264,10 @@ impl Default for LimitsConfig {
             messages_burst: 2000,
             max_subscriptions_per_connection: 256,
             max_channels: 1_000_000,
+            max_connections: 100_000,
+            max_connections_per_ip: 20_000,
+            max_connections_per_user: 100,
+            connects_per_second_per_ip: 5_000,
         }
     }
 }
@@ -266,6 +334,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             history: HistoryConfig::default(),
             admin: AdminConfig::default(),
+            auth: AuthConfig::default(),
             namespaces,
         }
     }
@@ -338,10 +407,25 @@ impl Config {
         if self.limits.max_channel_len == 0 || self.limits.max_channel_len > 1024 {
             return bad("limits.max_channel_len", "must be between 1 and 1024");
         }
+        if self.limits.connects_per_second_per_ip == 0 {
+            return bad(
+                "limits.connects_per_second_per_ip",
+                "must be greater than 0",
+            );
+        }
         if self.limits.messages_per_second == 0 || self.limits.messages_burst == 0 {
             return bad(
                 "limits.messages_per_second",
                 "rate and burst must be greater than 0",
+            );
+        }
+        if !self.auth.anonymous
+            && self.auth.hmac_secret.is_empty()
+            && self.auth.rsa_public_key.is_empty()
+        {
+            return bad(
+                "auth.anonymous",
+                "is false but neither auth.hmac_secret nor auth.rsa_public_key is set: nobody could connect",
             );
         }
         if self.history.max_page == 0 {

@@ -6,6 +6,7 @@
 //! too. See `docs/architecture.md` for how the modules fit together.
 
 pub mod admin;
+pub mod auth;
 pub mod channel;
 pub mod cluster;
 pub mod config;

@@ -39,6 +39,81 @@ enum Command {
         #[arg(long, value_name = "FORMAT", default_value = "text")]
         log_format: LogFormat,
     },
+    /// Mint a development JWT signed with the configured auth.hmac_secret, printed on stdout.
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// A TOML config file whose auth.hmac_secret signs the token (HERALD_AUTH__HMAC_SECRET works too).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The user id (`sub` claim).
+    #[arg(long)]
+    sub: String,
+    /// A channel pattern the user may subscribe to, e.g. 'chat:*'; repeat for more. None: namespace rules.
+    #[arg(long, value_name = "PATTERN")]
+    subscribe: Vec<String>,
+    /// A channel pattern the user may publish to; repeat for more. None: namespace rules.
+    #[arg(long, value_name = "PATTERN")]
+    publish: Vec<String>,
+    /// Lifetime, e.g. 30s, 15m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    ttl: u64,
+}
+
+/// Parses `<n>[s|m|h|d]` into seconds.
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad ttl {s:?}: expected e.g. 30s, 15m, 1h, 7d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("bad ttl unit {unit:?}: use s, m, h or d")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| "ttl too large".to_string())
+}
+
+fn token(args: TokenArgs) -> ExitCode {
+    let cli = CliOverrides {
+        config_file: args.config,
+        ..CliOverrides::default()
+    };
+    let config = match Config::load(Path::new("config/default.toml"), &cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let claims = herald::auth::Claims {
+        sub: args.sub,
+        exp: now + args.ttl,
+        subscribe: (!args.subscribe.is_empty()).then_some(args.subscribe),
+        publish: (!args.publish.is_empty()).then_some(args.publish),
+    };
+    let minted = herald::auth::Authenticator::from_config(&config.auth)
+        .map_err(|e| e.to_string())
+        .and_then(|a| a.mint(&claims).map_err(|e| e.to_string()));
+    match minted {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("herald: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -146,5 +221,6 @@ fn main() -> ExitCode {
             },
             log_format,
         ),
+        Command::Token(args) => token(args),
     }
 }

@@ -1,5 +1,7 @@
 //! The state one node shares between its listeners, sessions and channels.
 //!
+//! [`AuthError::REASONS`](crate::auth::AuthError::REASONS) labels `auth_failures`.
+//!
 //! Everything here is either immutable (config, ids) or a small thread-safe registry, so sessions on any
 //! worker and channel actors on any arbiter can reach it without going through one actor.
 
@@ -11,11 +13,13 @@ use std::time::SystemTime;
 
 use actix::Recipient;
 
+use crate::auth::Authenticator;
 use crate::channel::{Evict, Registry};
 use crate::cluster::Log;
 use crate::config::Config;
 use crate::history::Store;
 use crate::metrics::{Histogram, LATENCY_BUCKETS, LIFETIME_BUCKETS};
+use crate::session::admission::Admission;
 
 /// Counters, gauges and histograms of a node. Gauges are signed so a racing decrement never wraps.
 /// The admin module renders them (and the store's flush histogram) as Prometheus metrics.
@@ -38,6 +42,10 @@ pub struct Stats {
     pub connection_lifetime: Histogram,
     /// From a publish reaching its channel to its delivery to the outboxes (includes the flush).
     pub publish_to_deliver: Histogram,
+    /// Refused handshakes and refreshes, by [`AuthError::REASONS`] index.
+    pub auth_failures: [AtomicU64; 6],
+    /// Handshakes refused by admission control (connection limits and connect rate).
+    pub connections_refused: AtomicU64,
 }
 
 impl Default for Stats {
@@ -57,6 +65,8 @@ impl Default for Stats {
             history_trimmed: AtomicU64::new(0),
             connection_lifetime: Histogram::new(LIFETIME_BUCKETS),
             publish_to_deliver: Histogram::new(LATENCY_BUCKETS),
+            auth_failures: Default::default(),
+            connections_refused: AtomicU64::new(0),
         }
     }
 }
@@ -126,6 +136,8 @@ impl Sessions {
 pub struct Node {
     pub id: String,
     pub config: Arc<Config>,
+    pub auth: Arc<Authenticator>,
+    pub admission: Arc<Admission>,
     pub store: Store,
     pub log: Arc<dyn Log>,
     pub channels: Registry,
@@ -136,7 +148,13 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(config: Arc<Config>, store: Store, log: Arc<dyn Log>, channels: Registry) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        auth: Arc<Authenticator>,
+        store: Store,
+        log: Arc<dyn Log>,
+        channels: Registry,
+    ) -> Self {
         let id = if config.server.node_id.is_empty() {
             ulid::Ulid::new().to_string()
         } else {
@@ -144,6 +162,8 @@ impl Node {
         };
         Node {
             id,
+            admission: Admission::new(&config.limits),
+            auth,
             config,
             store,
             log,

@@ -15,6 +15,7 @@ use actix_web::{web, App, HttpServer};
 use tokio::sync::oneshot;
 
 use crate::admin;
+use crate::auth::Authenticator;
 use crate::channel::{Evict, Registry};
 use crate::cluster::LocalLog;
 use crate::config::Config;
@@ -29,6 +30,8 @@ use crate::session;
 pub enum ServerError {
     #[error("cannot bind or serve: {0}")]
     Io(#[from] io::Error),
+    #[error("auth configuration: {0}")]
+    Auth(#[from] crate::auth::AuthSetupError),
     #[error("cannot open storage at {path}: {source}")]
     Storage {
         path: String,
@@ -62,6 +65,10 @@ fn threads(configured: usize) -> usize {
 
 /// Opens storage and builds the shared node state. Must run inside an actix system.
 pub fn build_node(config: Config) -> Result<Arc<Node>, ServerError> {
+    let auth = Authenticator::from_config(&config.auth)?;
+    if config.auth.anonymous {
+        tracing::warn!("auth.anonymous = true: connections without a token are accepted; do not use in production");
+    }
     let path = config.server.data_dir.join("history");
     let (store, report) = Store::open(&StoreConfig {
         path: path.clone(),
@@ -80,7 +87,13 @@ pub fn build_node(config: Config) -> Result<Arc<Node>, ServerError> {
         config.limits.max_channels,
     );
     let log = Arc::new(LocalLog::new(store.clone()));
-    Ok(Arc::new(Node::new(Arc::new(config), store, log, registry)))
+    Ok(Arc::new(Node::new(
+        Arc::new(config),
+        auth,
+        store,
+        log,
+        registry,
+    )))
 }
 
 /// Runs a node on `listeners` until `shutdown` resolves, then shuts it down gracefully.
@@ -100,6 +113,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(Arc<Node>),
 ) -> Result<(), ServerError> {
+    admin::log_token_status(&config);
     let node = build_node(config)?;
     crate::channel::start_sweeper(node.clone());
     let workers = threads(node.config.server.workers);
@@ -107,9 +121,14 @@ pub async fn run_with(
     let client = HttpServer::new({
         let data = data.clone();
         move || {
-            App::new()
+            let app = App::new()
                 .app_data(data.clone())
-                .route("/ws", web::get().to(session::handshake::route))
+                .route("/ws", web::get().to(session::handshake::route));
+            if data.config.server.conformance_echo {
+                app.route("/conformance/echo", web::get().to(session::echo::route))
+            } else {
+                app
+            }
         }
     })
     .workers(workers)
@@ -117,6 +136,9 @@ pub async fn run_with(
     // otherwise lingers up to this timeout (default 1 s) for the client to hang up first; 0 disables the
     // linger.
     .client_disconnect_timeout(Duration::ZERO)
+    .client_request_timeout(Duration::from_millis(
+        node.config.session.handshake_timeout_ms,
+    ))
     .disable_signals()
     .shutdown_timeout(1)
     .listen(listeners.client)?

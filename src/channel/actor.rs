@@ -78,6 +78,8 @@ pub struct ChannelActor {
     subscribers: HashMap<Arc<str>, Subscriber>,
     last_activity: Instant,
     last_publish_ms: Option<u64>,
+    /// Span of this channel; entered by the handlers.
+    span: tracing::Span,
 }
 
 impl ChannelActor {
@@ -86,6 +88,7 @@ impl ChannelActor {
         let state = node.store.channel_state(&name)?;
         let ns = node.config.namespace(namespace_of(&name));
         Ok(ChannelActor {
+            span: tracing::info_span!("channel", channel = %name),
             name,
             ns,
             epoch: Arc::from(state.epoch.as_str()),
@@ -279,6 +282,7 @@ impl ChannelActor {
 
     /// Periodic housekeeping: forget subscribers whose session is gone, apply TTL, stop when idle.
     fn tick(&mut self, ctx: &mut Context<Self>) {
+        let _span = self.span.clone().entered();
         let gone: Vec<Arc<str>> = self
             .subscribers
             .iter()
@@ -347,6 +351,7 @@ impl Handler<Publish> for ChannelActor {
     type Result = ResponseFuture<Result<Published, ChannelError>>;
 
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) -> Self::Result {
+        let _span = self.span.clone().entered();
         self.last_activity = Instant::now();
         let now = protocol::now_ms();
         let (tx, rx) = oneshot::channel();
@@ -406,6 +411,7 @@ impl Handler<Subscribe> for ChannelActor {
     type Result = Result<(), ChannelError>;
 
     fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) -> Self::Result {
+        let _span = self.span.clone().entered();
         self.last_activity = Instant::now();
         if msg.outbox.is_closed() {
             return Err(ChannelError::Unavailable);
@@ -498,6 +504,7 @@ impl Handler<ReplayDone> for ChannelActor {
     type Result = ();
 
     fn handle(&mut self, msg: ReplayDone, _ctx: &mut Self::Context) {
+        let _span = self.span.clone().entered();
         let Some(sub) = self.subscribers.get_mut(&msg.session) else {
             return;
         };
@@ -534,6 +541,7 @@ impl Handler<Unsubscribe> for ChannelActor {
     type Result = bool;
 
     fn handle(&mut self, msg: Unsubscribe, _ctx: &mut Self::Context) -> bool {
+        let _span = self.span.clone().entered();
         self.last_activity = Instant::now();
         self.remove_subscriber(&msg.session, true).is_some()
     }
@@ -623,6 +631,7 @@ impl Handler<ResetHistory> for ChannelActor {
     type Result = Result<String, ChannelError>;
 
     fn handle(&mut self, _msg: ResetHistory, _ctx: &mut Self::Context) -> Self::Result {
+        let _span = self.span.clone().entered();
         if !self.pending.is_empty() || self.replay_floor().is_some() {
             return Err(ChannelError::Unavailable);
         }

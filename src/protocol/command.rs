@@ -55,6 +55,9 @@ pub enum Command {
         since: u64,
         limit: Option<u64>,
     },
+    Refresh {
+        token: String,
+    },
     Ping,
 }
 
@@ -67,7 +70,7 @@ impl Command {
             | Command::Publish { channel, .. }
             | Command::Presence { channel }
             | Command::History { channel, .. } => Some(channel),
-            Command::Ping => None,
+            Command::Ping | Command::Refresh { .. } => None,
         }
     }
 }
@@ -217,6 +220,9 @@ pub(super) fn parse(frame: Value, limits: &DecodeLimits) -> Result<Request, Fram
             limit: f.opt_u64("limit")?,
         },
         "ping" => Command::Ping,
+        "refresh" => Command::Refresh {
+            token: f.string("token")?,
+        },
         other => {
             let shown: String = other.chars().take(32).collect();
             return Err(FrameError::new(

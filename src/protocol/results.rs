@@ -93,3 +93,8 @@ pub fn history(
         ("next", opt(next)),
     ])
 }
+
+/// Reply of `refresh`: the new expiry (seconds since the Unix epoch).
+pub fn refreshed(expires_at: u64) -> Value {
+    map(vec![("expires_at", Value::from(expires_at))])
+}

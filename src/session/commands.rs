@@ -33,8 +33,10 @@ fn mailbox_error(id: &RequestId) -> (FrameError, Option<u64>) {
 impl Session {
     pub(super) fn dispatch(&mut self, req: Request, ctx: &mut Context<Self>) {
         let Request { id, command } = req;
-        if let Command::Ping = command {
-            return self.reply(&id, &results::empty(), ctx);
+        match command {
+            Command::Ping => return self.reply(&id, &results::empty(), ctx),
+            Command::Refresh { token } => return self.refresh(id, &token, ctx),
+            _ => {}
         }
         let Some(channel) = command.channel().map(str::to_owned) else {
             return;
@@ -45,8 +47,70 @@ impl Session {
             Command::Publish { data, key, .. } => self.publish(id, channel, data, key, ctx),
             Command::Presence { .. } => self.presence(id, channel, ctx),
             Command::History { since, limit, .. } => self.history(id, channel, since, limit, ctx),
-            Command::Ping => {}
+            Command::Ping | Command::Refresh { .. } => {}
         }
+    }
+
+    /// Replaces the connection's token with a fresh one for the same user and re-arms the expiry timer.
+    fn refresh(&mut self, id: RequestId, token: &str, ctx: &mut Context<Self>) {
+        let forbidden = |m: String| {
+            (
+                FrameError::new(Some(id.clone()), ErrorCode::Forbidden, m),
+                None,
+            )
+        };
+        let Some(current) = &self.claims else {
+            return self.fail(
+                forbidden("anonymous connections cannot refresh".into()),
+                ctx,
+            );
+        };
+        match self.node.auth.verify(token) {
+            Ok(claims) if claims.sub == current.sub => {
+                let exp = claims.exp;
+                self.claims = Some(claims);
+                self.arm_expiry(ctx);
+                self.reply(&id, &results::refreshed(exp), ctx);
+            }
+            Ok(_) => self.fail(forbidden("the new token is for another user".into()), ctx),
+            Err(e) => {
+                self.node.stats.auth_failures[e.index()]
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.fail(forbidden(format!("refresh refused: {e}")), ctx)
+            }
+        }
+    }
+
+    /// `forbidden` unless the token's claims allow `channel` (claims without patterns allow everything
+    /// the namespace allows).
+    fn check_claims(
+        &mut self,
+        id: &RequestId,
+        channel: &str,
+        publish: bool,
+        ctx: &mut Context<Self>,
+    ) -> bool {
+        let ok = self.claims.as_ref().is_none_or(|c| {
+            if publish {
+                c.may_publish(channel)
+            } else {
+                c.may_subscribe(channel)
+            }
+        });
+        if !ok {
+            let what = if publish {
+                "publish to"
+            } else {
+                "subscribe to"
+            };
+            let err = FrameError::new(
+                Some(id.clone()),
+                ErrorCode::Forbidden,
+                format!("the token does not allow you to {what} {channel}"),
+            );
+            self.fail((err, None), ctx);
+        }
+        ok
     }
 
     fn fail(&mut self, (err, retry): (FrameError, Option<u64>), ctx: &mut Context<Self>) {
@@ -78,6 +142,9 @@ impl Session {
         since: Option<crate::protocol::Position>,
         ctx: &mut Context<Self>,
     ) {
+        if !self.check_claims(&id, &channel, false, ctx) {
+            return;
+        }
         if self.subscriptions.contains_key(&channel) {
             return self.fail(channel_error(&id, &ChannelError::AlreadySubscribed), ctx);
         }
@@ -142,6 +209,9 @@ impl Session {
             .node
             .config
             .namespace(crate::channel::namespace_of(&channel));
+        if !self.check_claims(&id, &channel, true, ctx) {
+            return;
+        }
         if !ns.allow_publish {
             return self.fail(channel_error(&id, &ChannelError::PublishDisabled), ctx);
         }

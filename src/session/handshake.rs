@@ -1,13 +1,17 @@
-//! The WebSocket handshake: everything decided before the upgrade (subprotocol, Origin), then the start of
+//! The WebSocket handshake: everything decided before the upgrade (draining, Origin, subprotocol, token,
+//! connection limits), then the start of
 //! the session actor and its writer on the accepting worker.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix::{Actor, AsyncContext};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use super::admission::Refusal;
 use super::{writer, Session};
+use crate::auth::{AuthError, Claims};
 use crate::node::Node;
 use crate::protocol::{Encoding, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
 
@@ -50,6 +54,35 @@ fn origin_allowed(req: &HttpRequest, allowed: &[String]) -> bool {
         .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
 }
 
+/// The bearer token of a handshake: the `Authorization` header, else the `token` query parameter.
+fn token_of(req: &HttpRequest) -> Result<Option<String>, AuthError> {
+    if let Some(h) = req.headers().get(header::AUTHORIZATION) {
+        let v = h.to_str().map_err(|_| AuthError::Malformed)?;
+        return v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .map(|t| Some(t.trim().to_string()))
+            .ok_or(AuthError::Malformed);
+    }
+    Ok(web::Query::<TokenQuery>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.into_inner().token))
+}
+
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// Verifies the handshake's token, if any. No token is fine only when anonymous connections are allowed.
+fn authenticate(req: &HttpRequest, node: &Node) -> Result<Option<Claims>, AuthError> {
+    match token_of(req)? {
+        Some(t) => node.auth.verify(&t).map(Some),
+        None if node.auth.anonymous => Ok(None),
+        None => Err(AuthError::Missing),
+    }
+}
+
 /// `GET /ws`.
 pub async fn route(
     req: HttpRequest,
@@ -76,6 +109,36 @@ pub async fn route(
     let encoding = protocol
         .and_then(Encoding::from_subprotocol)
         .unwrap_or(Encoding::Json);
+    let claims = match authenticate(&req, &node) {
+        Ok(c) => c,
+        Err(e) => {
+            node.stats.auth_failures[e.index()].fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(reason = e.reason(), "handshake refused: authentication");
+            return Ok(HttpResponse::Unauthorized()
+                .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
+                .body(format!("unauthorized: {e}")));
+        }
+    };
+    let user: Option<Arc<str>> = claims.as_ref().map(|c| Arc::from(c.sub.as_str()));
+    let ticket = match node
+        .admission
+        .admit(req.peer_addr().map(|a| a.ip()), user.clone())
+    {
+        Ok(t) => t,
+        Err(refusal) => {
+            node.stats
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            let mut resp = match refusal {
+                Refusal::NodeFull => HttpResponse::ServiceUnavailable(),
+                _ => HttpResponse::TooManyRequests(),
+            };
+            let secs = refusal.retry_after_secs();
+            return Ok(resp
+                .insert_header((header::RETRY_AFTER, secs.to_string()))
+                .body(format!("{refusal}; retry after {secs} s")));
+        }
+    };
     let protocols: Vec<&str> = protocol.into_iter().collect();
     let (response, ws, stream) = actix_ws::handle_with_protocols(&req, body, &protocols)?;
     let max = node.config.limits.max_frame_bytes;
@@ -84,7 +147,7 @@ pub async fn route(
         .aggregate_continuations()
         .max_continuation_size(max);
     let peer = req.peer_addr();
-    let (session, outbox, close) = Session::new(node, encoding, None, peer);
+    let (session, outbox, close) = Session::new(node, encoding, claims, ticket, peer);
     Session::create(move |ctx| {
         ctx.add_stream(stream);
         session

@@ -6,7 +6,9 @@
 //! connection's bounded outbox, drained by the [`writer`] task. It sends WebSocket pings, closes
 //! connections that stop answering, and on the way out removes itself from every channel it joined.
 
+pub mod admission;
 mod commands;
+pub mod echo;
 pub mod handshake;
 pub mod writer;
 
@@ -21,18 +23,26 @@ use actix_ws::{AggregatedMessage, ProtocolError};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth::Claims;
 use crate::channel::{ChannelActor, Evict, Outbox, Unsubscribe};
 use crate::node::{Node, SessionEntry, Stats};
 use crate::protocol::{
     encode, CloseCode, DisconnectBody, Encoding, ErrorBody, ErrorCode, FrameError, Outgoing,
     RequestId, ServerFrame, WelcomeBody,
 };
+use admission::Ticket;
 use writer::CloseRequest;
 
 /// The actor of one connection.
 pub struct Session {
     id: Arc<str>,
     user: Option<Arc<str>>,
+    /// Claims of the connection's token; `None` for anonymous connections.
+    claims: Option<Claims>,
+    /// The admission slot, given back when the session is dropped.
+    _ticket: Ticket,
+    /// The timer that closes the connection when its token expires.
+    expiry: Option<SpawnHandle>,
     peer: Option<SocketAddr>,
     encoding: Encoding,
     node: Arc<Node>,
@@ -43,6 +53,8 @@ pub struct Session {
     bad_frames: u32,
     last_seen: Instant,
     opened: Instant,
+    /// Span of this connection (session id, user, peer); entered by every handler.
+    span: tracing::Span,
 }
 
 impl Session {
@@ -50,7 +62,8 @@ impl Session {
     pub fn new(
         node: Arc<Node>,
         encoding: Encoding,
-        user: Option<Arc<str>>,
+        claims: Option<Claims>,
+        ticket: Ticket,
         peer: Option<SocketAddr>,
     ) -> (
         Session,
@@ -62,9 +75,20 @@ impl Session {
         let limits = &node.config.limits;
         let rate = NonZeroU32::new(limits.messages_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limits.messages_burst).unwrap_or(NonZeroU32::MIN);
+        let id: Arc<str> = Arc::from(ulid::Ulid::new().to_string());
+        let span = tracing::info_span!(
+            "session",
+            session = %id,
+            user = claims.as_ref().map(|c| c.sub.as_str()).unwrap_or("-"),
+            peer = %peer.map(|p| p.to_string()).unwrap_or_default(),
+        );
         let session = Session {
-            id: Arc::from(ulid::Ulid::new().to_string()),
-            user,
+            id,
+            span,
+            user: claims.as_ref().map(|c| Arc::from(c.sub.as_str())),
+            claims,
+            _ticket: ticket,
+            expiry: None,
             peer,
             encoding,
             outbox: tx,
@@ -186,6 +210,22 @@ impl Session {
         }
     }
 
+    /// (Re)arms the timer that closes the connection with 4003 when the token expires.
+    fn arm_expiry(&mut self, ctx: &mut Context<Self>) {
+        if let Some(h) = self.expiry.take() {
+            ctx.cancel_future(h);
+        }
+        let Some(exp) = self.claims.as_ref().map(|c| c.exp) else {
+            return;
+        };
+        let now = crate::protocol::now_ms() / 1000;
+        let leeway = self.node.config.auth.leeway_secs;
+        let left = Duration::from_secs((exp + leeway).saturating_sub(now));
+        self.expiry = Some(ctx.run_later(left, |act, ctx| {
+            act.close(CloseCode::TokenExpired, None, ctx);
+        }));
+    }
+
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
         let timeout = Duration::from_millis(self.node.config.session.heartbeat_timeout_ms);
         if self.last_seen.elapsed() > timeout {
@@ -197,7 +237,7 @@ impl Session {
 }
 
 /// Maps a WebSocket protocol error to the close code the RFC asks for.
-fn protocol_close(err: &ProtocolError) -> CloseCode {
+pub(crate) fn protocol_close(err: &ProtocolError) -> CloseCode {
     match err {
         ProtocolError::Overflow => CloseCode::TooBig,
         ProtocolError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
@@ -211,6 +251,8 @@ impl Actor for Session {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        let _span = self.span.clone().entered();
+        tracing::debug!("session started");
         Stats::gauge(&self.node.stats.sessions, 1);
         Stats::add(&self.node.stats.connections_opened, 1);
         self.node.sessions.insert(
@@ -237,12 +279,14 @@ impl Actor for Session {
         );
         let every = Duration::from_millis(self.node.config.session.heartbeat_ms);
         ctx.run_interval(every, |act, ctx| act.heartbeat(ctx));
+        self.arm_expiry(ctx);
         if self.node.is_draining() {
             self.close(CloseCode::GoingAway, None, ctx);
         }
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        let _span = self.span.clone().entered();
         for (_, addr) in self.subscriptions.drain() {
             addr.do_send(Unsubscribe {
                 session: self.id.clone(),
@@ -261,6 +305,7 @@ impl Actor for Session {
 
 impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Session {
     fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Self::Context) {
+        let _span = self.span.clone().entered();
         self.last_seen = Instant::now();
         match item {
             Ok(AggregatedMessage::Text(t)) => self.on_data(t.as_bytes(), Encoding::Json, ctx),
@@ -284,6 +329,7 @@ impl Handler<Evict> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Evict, ctx: &mut Self::Context) {
+        let _span = self.span.clone().entered();
         self.close(msg.code, msg.reason.as_deref(), ctx);
     }
 }

@@ -1,0 +1,100 @@
+//! A conformance echo endpoint, off by default (`server.conformance_echo`).
+//!
+//! Autobahn|Testsuite checks a server's WebSocket framing by having it echo every message back. herald's
+//! real endpoint speaks a protocol instead of echoing, so this route runs the same stack (actix-ws stream,
+//! the same frame-size limit, the same protocol-error-to-close-code mapping, the same writer task) with an
+//! actor that echoes. It must never be enabled in production: it has no auth and no rate limit.
+
+use std::sync::Arc;
+
+use actix::{Actor, ActorContext, AsyncContext, StreamHandler};
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, ProtocolError};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{protocol_close, writer};
+use crate::node::Node;
+use crate::protocol::{CloseCode, Outgoing};
+
+struct Echo {
+    outbox: mpsc::Sender<Outgoing>,
+    closer: Option<oneshot::Sender<writer::CloseRequest>>,
+}
+
+impl Echo {
+    fn close(&mut self, code: u16, ctx: &mut actix::Context<Self>) {
+        if let Some(c) = self.closer.take() {
+            let _ = c.send(writer::CloseRequest {
+                last: None,
+                code,
+                reason: String::new(),
+            });
+        }
+        ctx.stop();
+    }
+
+    fn push(&mut self, out: Outgoing, ctx: &mut actix::Context<Self>) {
+        if self.outbox.try_send(out).is_err() {
+            self.close(CloseCode::SlowConsumer.code(), ctx);
+        }
+    }
+}
+
+impl Actor for Echo {
+    type Context = actix::Context<Self>;
+}
+
+impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Echo {
+    fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Self::Context) {
+        match item {
+            Ok(AggregatedMessage::Text(t)) => self.push(Outgoing::Text(t), ctx),
+            Ok(AggregatedMessage::Binary(b)) => self.push(Outgoing::Binary(b), ctx),
+            Ok(AggregatedMessage::Ping(p)) => self.push(Outgoing::Pong(p), ctx),
+            Ok(AggregatedMessage::Pong(_)) => {}
+            Ok(AggregatedMessage::Close(reason)) => {
+                // Echo a valid close code back; an invalid one is a protocol error.
+                let code = match reason.map(|r| u16::from(r.code)) {
+                    None => CloseCode::Normal.code(),
+                    Some(c) if valid_close_code(c) => c,
+                    Some(_) => CloseCode::ProtocolError.code(),
+                };
+                self.close(code, ctx);
+            }
+            Err(e) => self.close(protocol_close(&e).code(), ctx),
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// Close codes a peer may send (RFC 6455 7.4).
+fn valid_close_code(c: u16) -> bool {
+    matches!(c, 1000..=1003 | 1007..=1011 | 3000..=4999)
+}
+
+/// `GET /conformance/echo`.
+pub async fn route(
+    req: HttpRequest,
+    body: web::Payload,
+    node: web::Data<Arc<Node>>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let (response, ws, stream) = actix_ws::handle(&req, body)?;
+    let max = node.config.limits.max_frame_bytes;
+    let stream = stream
+        .max_frame_size(max)
+        .aggregate_continuations()
+        .max_continuation_size(max);
+    let (tx, rx) = mpsc::channel(node.config.session.outbox_capacity);
+    let (close_tx, close_rx) = oneshot::channel();
+    Echo::create(move |ctx| {
+        ctx.add_stream(stream);
+        Echo {
+            outbox: tx,
+            closer: Some(close_tx),
+        }
+    });
+    actix_web::rt::spawn(writer::run(ws, rx, close_rx));
+    Ok(response)
+}
