@@ -204,6 +204,15 @@ impl Authenticator {
         if data.claims.sub.is_empty() {
             return Err(AuthError::Claims("`sub` is empty".into()));
         }
+        // RFC 7519: not accepted on or after `exp`. jsonwebtoken accepts the whole second `exp` itself;
+        // the session's expiry timer closes at that second, so a reconnect then must be refused too.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(u64::MAX);
+        if data.claims.exp.saturating_add(self.leeway) <= now {
+            return Err(AuthError::Expired);
+        }
         Ok(data.claims)
     }
 
