@@ -9,10 +9,7 @@ use futures_util::future::{ready, FutureExt};
 use tokio::sync::oneshot;
 
 use super::replay::{self, ReplayDone, ReplayJob};
-use super::{
-    ChannelError, ChannelInfo, Evict, History, HistoryPage, Inspect, Outbox, Presence, Publish,
-    Published, ResetHistory, Subscribe, SubscriberInfo, Unsubscribe,
-};
+use super::{ChannelError, Evict, Outbox, Publish, Published, Subscribe, Unsubscribe};
 use crate::config::NamespaceOptions;
 use crate::history::{HistoryError, Retention, StoredMessage};
 use crate::node::{Node, Stats};
@@ -24,7 +21,7 @@ use crate::protocol::{
 const FLUSH_RETRY: Duration = Duration::from_millis(100);
 
 /// A message appended to the log but not yet durable: not delivered, not acknowledged.
-struct Pending {
+pub(super) struct Pending {
     offset: u64,
     accepted: Instant,
     id: String,
@@ -48,17 +45,17 @@ impl Delivery {
     }
 }
 
-struct Subscriber {
-    user: Option<Arc<str>>,
-    since_ms: u64,
-    encoding: Encoding,
-    outbox: Outbox,
-    evict: Recipient<Evict>,
+pub(super) struct Subscriber {
+    pub(super) user: Option<Arc<str>>,
+    pub(super) since_ms: u64,
+    pub(super) encoding: Encoding,
+    pub(super) outbox: Outbox,
+    pub(super) evict: Recipient<Evict>,
     /// Set while history is being replayed to this subscriber: live messages wait in `buffer`.
-    replay: Option<ReplayState>,
+    pub(super) replay: Option<ReplayState>,
 }
 
-struct ReplayState {
+pub(super) struct ReplayState {
     /// First offset being replayed; retention must not trim from here on.
     floor: u64,
     buffer: Vec<Arc<Delivery>>,
@@ -66,20 +63,20 @@ struct ReplayState {
 
 /// The actor of one channel. See the module docs of [`crate::channel`].
 pub struct ChannelActor {
-    name: Arc<str>,
-    node: Arc<Node>,
-    ns: NamespaceOptions,
-    epoch: Arc<str>,
+    pub(super) name: Arc<str>,
+    pub(super) node: Arc<Node>,
+    pub(super) ns: NamespaceOptions,
+    pub(super) epoch: Arc<str>,
     /// Offset of the last message appended to the log.
-    head: u64,
+    pub(super) head: u64,
     /// Offset of the last message that is durable and delivered.
-    durable: u64,
-    pending: VecDeque<Pending>,
-    subscribers: HashMap<Arc<str>, Subscriber>,
-    last_activity: Instant,
-    last_publish_ms: Option<u64>,
+    pub(super) durable: u64,
+    pub(super) pending: VecDeque<Pending>,
+    pub(super) subscribers: HashMap<Arc<str>, Subscriber>,
+    pub(super) last_activity: Instant,
+    pub(super) last_publish_ms: Option<u64>,
     /// Span of this channel; entered by the handlers.
-    span: tracing::Span,
+    pub(super) span: tracing::Span,
 }
 
 impl ChannelActor {
@@ -107,7 +104,7 @@ impl ChannelActor {
     }
 
     /// Lowest offset an in-progress replay still needs.
-    fn replay_floor(&self) -> Option<u64> {
+    pub(super) fn replay_floor(&self) -> Option<u64> {
         self.subscribers
             .values()
             .filter_map(|s| s.replay.as_ref().map(|r| r.floor))
@@ -544,106 +541,5 @@ impl Handler<Unsubscribe> for ChannelActor {
         let _span = self.span.clone().entered();
         self.last_activity = Instant::now();
         self.remove_subscriber(&msg.session, true).is_some()
-    }
-}
-
-impl Handler<Presence> for ChannelActor {
-    type Result = Result<Vec<(String, Option<String>)>, ChannelError>;
-
-    fn handle(&mut self, _msg: Presence, _ctx: &mut Self::Context) -> Self::Result {
-        if !self.ns.presence {
-            return Err(ChannelError::PresenceDisabled);
-        }
-        let mut members: Vec<_> = self
-            .subscribers
-            .iter()
-            .map(|(s, sub)| (s.to_string(), sub.user.as_deref().map(str::to_owned)))
-            .collect();
-        members.sort();
-        Ok(members)
-    }
-}
-
-impl Handler<History> for ChannelActor {
-    type Result = Result<HistoryPage, ChannelError>;
-
-    fn handle(&mut self, msg: History, _ctx: &mut Self::Context) -> Self::Result {
-        self.last_activity = Instant::now();
-        let storage = |e: HistoryError| ChannelError::Storage(e.to_string());
-        let oldest = self
-            .node
-            .store
-            .peek_state(&self.name)
-            .map_err(storage)?
-            .and_then(|s| s.oldest);
-        let mut messages = if msg.since < self.durable {
-            self.node
-                .store
-                .range(&self.name, msg.since, msg.limit)
-                .map_err(storage)?
-        } else {
-            Vec::new()
-        };
-        // Appended but not yet durable messages are not history yet.
-        messages.retain(|m| m.offset <= self.durable);
-        let next = match messages.last() {
-            Some(m) if m.offset < self.durable => Some(m.offset),
-            _ => None,
-        };
-        Ok(HistoryPage {
-            epoch: self.epoch.to_string(),
-            head: self.durable,
-            oldest: oldest.filter(|o| *o <= self.durable),
-            messages,
-            next,
-        })
-    }
-}
-
-impl Handler<Inspect> for ChannelActor {
-    type Result = MessageResult<Inspect>;
-
-    fn handle(&mut self, _msg: Inspect, _ctx: &mut Self::Context) -> Self::Result {
-        let mut subscribers: Vec<SubscriberInfo> = self
-            .subscribers
-            .iter()
-            .map(|(id, s)| SubscriberInfo {
-                session: id.to_string(),
-                user: s.user.as_deref().map(str::to_owned),
-                since_ms: s.since_ms,
-            })
-            .collect();
-        subscribers.sort_by(|a, b| a.session.cmp(&b.session));
-        MessageResult(ChannelInfo {
-            name: self.name.to_string(),
-            namespace: namespace_of(&self.name).to_string(),
-            options: self.ns.clone(),
-            epoch: self.epoch.to_string(),
-            head: self.durable,
-            pending: self.pending.len(),
-            subscribers,
-            last_publish_ms: self.last_publish_ms,
-        })
-    }
-}
-
-impl Handler<ResetHistory> for ChannelActor {
-    type Result = Result<String, ChannelError>;
-
-    fn handle(&mut self, _msg: ResetHistory, _ctx: &mut Self::Context) -> Self::Result {
-        let _span = self.span.clone().entered();
-        if !self.pending.is_empty() || self.replay_floor().is_some() {
-            return Err(ChannelError::Unavailable);
-        }
-        let state = self
-            .node
-            .store
-            .reset(&self.name)
-            .map_err(|e| ChannelError::Storage(e.to_string()))?;
-        tracing::warn!(channel = %self.name, epoch = %state.epoch, "channel history reset by operator");
-        self.epoch = Arc::from(state.epoch.as_str());
-        self.head = state.head;
-        self.durable = state.head;
-        Ok(state.epoch)
     }
 }

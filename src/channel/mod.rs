@@ -8,6 +8,7 @@
 //! channel for the others.
 
 mod actor;
+mod queries;
 mod registry;
 mod replay;
 mod sweeper;
