@@ -136,6 +136,8 @@ pub async fn run_with(
     // otherwise lingers up to this timeout (default 1 s) for the client to hang up first; 0 disables the
     // linger.
     .client_disconnect_timeout(Duration::ZERO)
+    // Small frames must not wait for Nagle + delayed ACK (up to 40 ms per stall).
+    .tcp_nodelay(true)
     .client_request_timeout(Duration::from_millis(
         node.config.session.handshake_timeout_ms,
     ))

@@ -62,17 +62,28 @@ fn decode_json(bytes: &[u8], max_depth: usize) -> Result<Value, FrameError> {
 
 fn decode_msgpack(bytes: &[u8], max_depth: usize) -> Result<Value, FrameError> {
     let mut rd = bytes;
-    let value = rmpv::decode::read_value_with_max_depth(&mut rd, max_depth).map_err(|e| {
-        let msg = match e {
-            rmpv::decode::Error::DepthLimitExceeded => format!("nesting deeper than {max_depth}"),
-            other => format!("invalid MessagePack: {other}"),
-        };
-        FrameError::bad(None, msg)
-    })?;
+    // rmpv spends 2 units of its depth budget per container level and up to 3 on a leaf, so give it room
+    // for `max_depth` levels and check the real depth below, as for JSON.
+    let value =
+        rmpv::decode::read_value_with_max_depth(&mut rd, 2 * max_depth + 3).map_err(|e| {
+            let msg = match e {
+                rmpv::decode::Error::DepthLimitExceeded => {
+                    format!("nesting deeper than {max_depth}")
+                }
+                other => format!("invalid MessagePack: {other}"),
+            };
+            FrameError::bad(None, msg)
+        })?;
     if !rd.is_empty() {
         return Err(FrameError::bad(
             None,
             "trailing bytes after the MessagePack frame",
+        ));
+    }
+    if depth(&value) > max_depth {
+        return Err(FrameError::bad(
+            None,
+            format!("nesting deeper than {max_depth}"),
         ));
     }
     Ok(value)

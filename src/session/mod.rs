@@ -240,7 +240,14 @@ impl Session {
 pub(crate) fn protocol_close(err: &ProtocolError) -> CloseCode {
     match err {
         ProtocolError::Overflow => CloseCode::TooBig,
-        ProtocolError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+        // actix-ws reports invalid UTF-8 as InvalidData, but actix-http reports non-zero RSV bits the
+        // same way; only the former is 1007.
+        ProtocolError::Io(e)
+            if e.kind() == std::io::ErrorKind::InvalidData
+                && e.get_ref().is_some_and(|i| {
+                    i.is::<std::str::Utf8Error>() || i.to_string().contains("utf-8")
+                }) =>
+        {
             CloseCode::InvalidPayload
         }
         _ => CloseCode::ProtocolError,

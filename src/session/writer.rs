@@ -32,40 +32,63 @@ async fn write(ws: &mut actix_ws::Session, frame: Outgoing) -> Result<(), actix_
     }
 }
 
-/// Drains `outbox` into `ws` until the connection closes or a close is requested.
+/// What ended a wait of the writer.
+enum Step {
+    Frame(Option<Outgoing>),
+    Wrote(Result<(), actix_ws::Closed>),
+    Close(Result<CloseRequest, oneshot::error::RecvError>),
+}
+
+/// Drains `outbox` into `ws` until the connection closes or a close is requested. A close request also
+/// interrupts a write that is waiting for room (a client that stopped reading).
 pub async fn run(
     mut ws: actix_ws::Session,
     mut outbox: mpsc::Receiver<Outgoing>,
     mut close: oneshot::Receiver<CloseRequest>,
 ) {
     loop {
-        tokio::select! {
+        let step = tokio::select! {
             biased;
-            req = &mut close => {
-                let Ok(req) = req else {
-                    // The session actor is gone without asking for a close: the peer went away.
-                    let _ = ws.close(None).await;
-                    return;
-                };
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async move {
-                    if let Some(last) = req.last {
-                        let _ = write(&mut ws, last).await;
-                    }
-                    let reason = CloseReason {
-                        code: WsCloseCode::from(req.code),
-                        description: Some(req.reason),
-                    };
-                    let _ = ws.close(Some(reason)).await;
-                })
-                .await;
-                return;
-            }
-            frame = outbox.recv() => {
-                let Some(frame) = frame else { return };
-                if write(&mut ws, frame).await.is_err() {
-                    return;
+            req = &mut close => Step::Close(req),
+            frame = outbox.recv() => Step::Frame(frame),
+        };
+        let step = match step {
+            Step::Frame(Some(frame)) => {
+                let write = write(&mut ws, frame);
+                tokio::select! {
+                    biased;
+                    req = &mut close => Step::Close(req),
+                    done = write => Step::Wrote(done),
                 }
             }
+            other => other,
+        };
+        match step {
+            Step::Frame(None) | Step::Wrote(Err(_)) => return,
+            Step::Wrote(Ok(())) | Step::Frame(Some(_)) => {}
+            Step::Close(req) => return close_with(ws, req).await,
         }
     }
+}
+
+async fn close_with(
+    mut ws: actix_ws::Session,
+    req: Result<CloseRequest, oneshot::error::RecvError>,
+) {
+    let Ok(req) = req else {
+        // The session actor is gone without asking for a close: the peer went away.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+        return;
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async move {
+        if let Some(last) = req.last {
+            let _ = write(&mut ws, last).await;
+        }
+        let reason = CloseReason {
+            code: WsCloseCode::from(req.code),
+            description: Some(req.reason),
+        };
+        let _ = ws.close(Some(reason)).await;
+    })
+    .await;
 }
