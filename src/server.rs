@@ -118,6 +118,7 @@ pub async fn run_with(
     crate::channel::start_sweeper(node.clone());
     let workers = threads(node.config.server.workers);
     let data = web::Data::new(node.clone());
+    let user_timeout = Duration::from_millis(node.config.session.heartbeat_timeout_ms);
     let client = HttpServer::new({
         let data = data.clone();
         move || {
@@ -132,6 +133,17 @@ pub async fn run_with(
         }
     })
     .workers(workers)
+    // A peer that stops acknowledging, or keeps a zero receive window (a client that stopped reading),
+    // for the heartbeat timeout gets its connection aborted by the kernel. Without it a cut slow consumer
+    // could keep its socket, and the buffers behind it, forever: the HTTP layer would wait on a write that
+    // never completes.
+    .on_connect(move |conn, _| {
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            if let Err(e) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(user_timeout)) {
+                tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
+            }
+        }
+    })
     // After the WebSocket close handshake the server should drop TCP promptly (RFC 6455 7.1.1). actix-http
     // otherwise lingers up to this timeout (default 1 s) for the client to hang up first; 0 disables the
     // linger.

@@ -988,3 +988,81 @@ async fn nesting_deeper_than_max_depth_is_bad_request_in_both_encodings() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// A client that stops reading does not keep its socket
+// ---------------------------------------------------------------------------------------------------------
+
+/// Server-side ESTABLISHED sockets on `server_port` whose peer is `peer_port` (from /proc/net/tcp).
+fn established(server_port: u16, peer_port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let port = |field: &str| {
+        field
+            .split(':')
+            .nth(1)
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3
+                && port(f[1]) == Some(server_port)
+                && port(f[2]) == Some(peer_port)
+                && f[3] == "01"
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_loses_its_socket_not_just_its_session() {
+    let (mut cfg, _dir) = test_config();
+    cfg.session.outbox_capacity = 16;
+    cfg.session.heartbeat_ms = 300;
+    cfg.session.heartbeat_timeout_ms = 1500;
+    cfg.limits.messages_per_second = 1_000_000;
+    cfg.limits.messages_burst = 1_000_000;
+    let node = start(cfg);
+    let addr = addr_of(&node);
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(addr).await.unwrap();
+    let local_port = stream.local_addr().unwrap().port();
+    let h = upgrade_on(stream, addr, &[]).await;
+    assert_eq!(h.status, 101);
+    let mut slow = h.ws;
+    assert_eq!(slow.expect_frame().await.json()["type"], "welcome");
+    slow.send_json(json!({"v": 1, "type": "subscribe", "id": 1, "channel": "hose"}))
+        .await;
+    assert_eq!(slow.expect_frame().await.json()["type"], "reply");
+    assert_eq!(established(addr.port(), local_port), 1);
+    // 8 MB towards a client that reads nothing more.
+    let mut publisher = Client::connect(&node.ws_url(), Enc::Msgpack).await;
+    let pad = "x".repeat(4000);
+    let (mut sent, mut acked) = (0, 0);
+    while acked < 2000 {
+        while sent < 2000 && sent - acked < 8 {
+            publisher
+                .send(json!({"v": 1, "type": "publish", "id": sent, "channel": "hose", "data": {"pad": pad}}))
+                .await;
+            sent += 1;
+        }
+        assert_eq!(publisher.next_frame().await["type"], "reply");
+        acked += 1;
+    }
+    eventually("the slow session is gone", || {
+        node.node().sessions.len() == 1
+    })
+    .await;
+    // The kernel gives up on the zero-window peer after the heartbeat timeout (TCP_USER_TIMEOUT).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while established(addr.port(), local_port) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the server still holds the socket of a client that stopped reading"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(slow);
+}
