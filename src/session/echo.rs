@@ -81,6 +81,7 @@ pub async fn route(
     node: web::Data<Arc<Node>>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let (response, ws, stream) = actix_ws::handle(&req, body)?;
+    drop(ws);
     let max = node.config.limits.max_frame_bytes;
     let stream = stream
         .max_frame_size(max)
@@ -95,6 +96,6 @@ pub async fn route(
             closer: Some(close_tx),
         }
     });
-    actix_web::rt::spawn(writer::run(ws, rx, close_rx));
-    Ok(response)
+    let response = response.map_body(|_, ws_body| writer::OutboxBody::new(ws_body, rx, close_rx));
+    Ok(response.map_into_boxed_body())
 }

@@ -141,6 +141,8 @@ pub async fn route(
     };
     let protocols: Vec<&str> = protocol.into_iter().collect();
     let (response, ws, stream) = actix_ws::handle_with_protocols(&req, body, &protocols)?;
+    // We write through our own body (see `writer`), not through actix-ws's `Session`.
+    drop(ws);
     let max = node.config.limits.max_frame_bytes;
     let stream = stream
         .max_frame_size(max)
@@ -152,6 +154,6 @@ pub async fn route(
         ctx.add_stream(stream);
         session
     });
-    actix_web::rt::spawn(writer::run(ws, outbox, close));
-    Ok(response)
+    let response = response.map_body(|_, ws_body| writer::OutboxBody::new(ws_body, outbox, close));
+    Ok(response.map_into_boxed_body())
 }

@@ -1,20 +1,30 @@
-//! The one task that owns a connection's `actix_ws::Session` and writes to the socket.
+//! The response body of a WebSocket connection: it drains the connection's outbox straight onto the socket.
 //!
 //! Everything a connection sends goes through its bounded outbox, filled with `try_send` by the session
-//! actor and by channel actors, so nobody ever awaits a socket on their own thread. This task drains the
-//! outbox in order; actix-ws encodes every frame that is ready into one buffer, so frames queued together
-//! leave in one write. A close request takes priority over queued frames: a slow consumer is not made to
-//! read its backlog before it learns it is being cut off.
+//! actor and by channel actors, so nobody ever awaits a socket on their own thread. The HTTP layer polls
+//! this body whenever it has room to write; each poll takes every frame that is queued (up to
+//! [`MAX_CHUNK`] bytes), encodes them as WebSocket frames into one buffer, and hands that over as one chunk,
+//! which leaves in one write. There is no task in between and no second queue: one hop and one wake-up
+//! from outbox to socket. A close request takes priority over queued frames, so a slow consumer is not
+//! made to read its backlog before it learns it is being cut off.
+//!
+//! actix-ws still parses the incoming side. Its own response body is kept (never polled) only because
+//! dropping it is how its message stream learns that the connection is gone.
 
-use std::time::Duration;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use actix_ws::{CloseCode as WsCloseCode, CloseReason};
+use actix_codec::Encoder;
+use actix_http::ws::{CloseCode as WsCloseCode, CloseReason, Codec, Message};
+use actix_web::body::{BodySize, BoxBody, MessageBody};
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::Outgoing;
 
-/// How long a close may take before the socket is dropped without one.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most bytes encoded into one chunk before it is handed to the HTTP layer.
+pub const MAX_CHUNK: usize = 64 * 1024;
 
 /// A request to close the connection: an optional last frame (the `disconnect` frame), then a close frame.
 pub struct CloseRequest {
@@ -23,72 +33,108 @@ pub struct CloseRequest {
     pub reason: String,
 }
 
-async fn write(ws: &mut actix_ws::Session, frame: Outgoing) -> Result<(), actix_ws::Closed> {
-    match frame {
-        Outgoing::Text(t) => ws.text(t).await,
-        Outgoing::Binary(b) => ws.binary(b).await,
-        Outgoing::Ping => ws.ping(b"").await,
-        Outgoing::Pong(p) => ws.pong(&p).await,
+/// The body of an upgraded connection.
+pub struct OutboxBody {
+    outbox: mpsc::Receiver<Outgoing>,
+    close: oneshot::Receiver<CloseRequest>,
+    codec: Codec,
+    buf: BytesMut,
+    closing: bool,
+    /// actix-ws's body, held so that dropping ours tells its message stream the connection ended.
+    _ws_body: BoxBody,
+}
+
+impl OutboxBody {
+    pub fn new(
+        ws_body: BoxBody,
+        outbox: mpsc::Receiver<Outgoing>,
+        close: oneshot::Receiver<CloseRequest>,
+    ) -> Self {
+        OutboxBody {
+            outbox,
+            close,
+            codec: Codec::new(),
+            buf: BytesMut::new(),
+            closing: false,
+            _ws_body: ws_body,
+        }
     }
-}
 
-/// What ended a wait of the writer.
-enum Step {
-    Frame(Option<Outgoing>),
-    Wrote(Result<(), actix_ws::Closed>),
-    Close(Result<CloseRequest, oneshot::error::RecvError>),
-}
+    fn encode(&mut self, msg: Message) {
+        // Encoding a server frame into a growable buffer cannot fail; if it ever did, the frame is dropped
+        // and the error logged rather than panicking on the I/O path.
+        if let Err(e) = self.codec.encode(msg, &mut self.buf) {
+            tracing::error!(error = %e, "websocket frame encoding failed");
+        }
+    }
 
-/// Drains `outbox` into `ws` until the connection closes or a close is requested. A close request also
-/// interrupts a write that is waiting for room (a client that stopped reading).
-pub async fn run(
-    mut ws: actix_ws::Session,
-    mut outbox: mpsc::Receiver<Outgoing>,
-    mut close: oneshot::Receiver<CloseRequest>,
-) {
-    loop {
-        let step = tokio::select! {
-            biased;
-            req = &mut close => Step::Close(req),
-            frame = outbox.recv() => Step::Frame(frame),
+    fn encode_outgoing(&mut self, out: Outgoing) {
+        let msg = match out {
+            Outgoing::Text(t) => Message::Text(t),
+            Outgoing::Binary(b) => Message::Binary(b),
+            Outgoing::Ping => Message::Ping(Bytes::new()),
+            Outgoing::Pong(p) => Message::Pong(p),
         };
-        let step = match step {
-            Step::Frame(Some(frame)) => {
-                let write = write(&mut ws, frame);
-                tokio::select! {
-                    biased;
-                    req = &mut close => Step::Close(req),
-                    done = write => Step::Wrote(done),
-                }
+        self.encode(msg);
+    }
+
+    fn encode_close(&mut self, req: Option<CloseRequest>) {
+        let reason = req.map(|req| {
+            if let Some(last) = req.last {
+                self.encode_outgoing(last);
             }
-            other => other,
-        };
-        match step {
-            Step::Frame(None) | Step::Wrote(Err(_)) => return,
-            Step::Wrote(Ok(())) | Step::Frame(Some(_)) => {}
-            Step::Close(req) => return close_with(ws, req).await,
-        }
+            CloseReason {
+                code: WsCloseCode::from(req.code),
+                description: Some(req.reason),
+            }
+        });
+        self.encode(Message::Close(reason));
+        self.closing = true;
     }
 }
 
-async fn close_with(
-    mut ws: actix_ws::Session,
-    req: Result<CloseRequest, oneshot::error::RecvError>,
-) {
-    let Ok(req) = req else {
-        // The session actor is gone without asking for a close: the peer went away.
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
-        return;
-    };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async move {
-        if let Some(last) = req.last {
-            let _ = write(&mut ws, last).await;
+impl MessageBody for OutboxBody {
+    type Error = std::io::Error;
+
+    fn size(&self) -> BodySize {
+        BodySize::Stream
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = self.get_mut();
+        if !this.closing {
+            match Pin::new(&mut this.close).poll(cx) {
+                // Close now: drop whatever is still queued.
+                Poll::Ready(Ok(req)) => {
+                    this.buf.clear();
+                    this.encode_close(Some(req));
+                }
+                // The session actor is gone without asking (the peer went away): close plainly.
+                Poll::Ready(Err(_)) => this.encode_close(None),
+                Poll::Pending => {}
+            }
         }
-        let reason = CloseReason {
-            code: WsCloseCode::from(req.code),
-            description: Some(req.reason),
-        };
-        let _ = ws.close(Some(reason)).await;
-    })
-    .await;
+        while !this.closing && this.buf.len() < MAX_CHUNK {
+            match this.outbox.poll_recv(cx) {
+                Poll::Ready(Some(out)) => this.encode_outgoing(out),
+                Poll::Ready(None) => this.encode_close(None),
+                Poll::Pending => break,
+            }
+        }
+        if !this.buf.is_empty() {
+            let chunk = this.buf.split().freeze();
+            if this.buf.capacity() > MAX_CHUNK {
+                // Give back what a burst of large frames grew.
+                this.buf = BytesMut::new();
+            }
+            return Poll::Ready(Some(Ok(chunk)));
+        }
+        if this.closing {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
 }
