@@ -938,7 +938,7 @@ async fn metrics_move_when_traffic_flows() {
 }
 
 /// `promtool check metrics` (Debian package `prometheus`) must accept the exposition. Skipped, loudly, when
-/// promtool is not installed, unless `HERALD_REQUIRE_PROMTOOL` is set (scripts/test installs it and sets it).
+/// promtool is not installed, unless `REQUIRE_PROMTOOL` is set (scripts/test installs it and sets it).
 #[tokio::test]
 async fn promtool_accepts_the_metrics() {
     let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
@@ -946,8 +946,8 @@ async fn promtool_accepts_the_metrics() {
         .find(|p| std::path::Path::new(p).exists());
     let Some(promtool) = promtool else {
         assert!(
-            std::env::var_os("HERALD_REQUIRE_PROMTOOL").is_none(),
-            "HERALD_REQUIRE_PROMTOOL is set but promtool is not installed (apt-get install prometheus)"
+            std::env::var_os("REQUIRE_PROMTOOL").is_none(),
+            "REQUIRE_PROMTOOL is set but promtool is not installed (apt-get install prometheus)"
         );
         eprintln!("SKIPPED: promtool is not installed (apt-get install prometheus)");
         return;
