@@ -133,6 +133,9 @@ impl Driver {
     }
 
     /// Runs until the client is closed or gives up.
+    ///
+    /// A connection that lasted `stable_after` resets the backoff; one lost sooner counts as a failed
+    /// attempt, so the delays keep growing against a server that accepts and drops at once.
     pub(crate) async fn run(mut self) {
         let mut last_token: Option<String>;
         loop {
@@ -153,7 +156,9 @@ impl Driver {
             .await;
             let (code, reason, retry_after) = match opened {
                 Ok(conn) => {
-                    self.backoff.reset();
+                    // The backoff is reset only once a connection proved stable (below): a server that
+                    // accepts and drops at once must not be hammered at the base delay.
+                    let connected_at = Instant::now();
                     let _ = self.status.send(Status::Connected);
                     self.emit(ConnectionState::Connected {
                         session: conn.session.clone(),
@@ -183,6 +188,15 @@ impl Driver {
                                     None => reason,
                                 };
                                 return self.give_up(why);
+                            }
+                            if connected_at.elapsed() >= self.opts.stable_after {
+                                self.backoff.reset();
+                            } else if !self.backoff.record_failure() {
+                                return self.give_up(format!(
+                                    "{} attempts failed, last: connection lost after {:?} ({reason})",
+                                    self.backoff.failures(),
+                                    connected_at.elapsed()
+                                ));
                             }
                             (code, reason, retry_after)
                         }

@@ -72,6 +72,10 @@ pub struct ClientOptions {
     pub command_retries: u32,
     /// Recent message ids remembered per channel for duplicate suppression (default 4096).
     pub id_memory: usize,
+    /// How long a connection must last before losing it restarts the backoff at its base delay
+    /// (default 5 s). A connection lost sooner counts as a failed attempt, so a server that accepts and
+    /// drops at once is retried with growing delays, not hammered.
+    pub stable_after: Duration,
 }
 
 impl Default for ClientOptions {
@@ -83,6 +87,7 @@ impl Default for ClientOptions {
             heartbeat_margin: Duration::from_secs(2),
             command_retries: 3,
             id_memory: DEFAULT_ID_MEMORY,
+            stable_after: Duration::from_secs(5),
         }
     }
 }

@@ -249,3 +249,33 @@ async fn lost_history_is_reported_not_recovered() {
     let m = next_msg(&mut sub).await;
     assert_eq!((m.epoch.as_str(), m.offset), ("E2", 1));
 }
+
+#[tokio::test]
+async fn a_server_that_accepts_and_drops_at_once_gets_growing_delays() {
+    let mock = Mock::start(25_000, true).await;
+    mock.state.lock().expect("lock").close_always = Some((1011, true));
+    let opts = ClientOptions {
+        stable_after: Duration::from_secs(5),
+        ..fast(Some(4))
+    };
+    let (_client, mut states) =
+        Client::start(mock.url(), herald_client::no_token(), opts).expect("start");
+    let mut attempts = vec![];
+    let mut windows_grow = vec![];
+    loop {
+        match wait_state(&mut states, |_| true).await {
+            ConnectionState::Connecting { attempt, .. } => attempts.push(attempt),
+            ConnectionState::Reconnecting { attempt, .. } => windows_grow.push(attempt),
+            ConnectionState::GaveUp { .. } => break,
+            _ => {}
+        }
+        if attempts.len() > 8 {
+            break; // a client that never gives up fails the assertions below instead of hanging
+        }
+    }
+    // Every accepted-then-dropped connection counts as a failed attempt, so the attempt number (and
+    // with it the backoff window) grows until the limit, instead of restarting at 1 each time.
+    assert_eq!(attempts, vec![1, 2, 3, 4], "{attempts:?}");
+    assert_eq!(windows_grow, vec![2, 3, 4]);
+    assert_eq!(mock.state.lock().expect("lock").connections, 4);
+}

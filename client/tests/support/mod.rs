@@ -25,6 +25,8 @@ pub struct State {
     /// When set, the next connection gets this close code (after a disconnect frame) right after
     /// the welcome.
     pub close_next: Option<(u16, bool)>,
+    /// When set, every connection is closed like `close_next`, right after the welcome.
+    pub close_always: Option<(u16, bool)>,
     /// Drop a publish's reply (after storing) every N publishes (0 = never).
     pub lose_reply_every: u64,
 }
@@ -138,7 +140,10 @@ async fn serve(
     };
     let welcome = json!({"v":1,"type":"welcome","ts":now(),"session":format!("S{conn}"),"node":"N","heartbeat_ms":heartbeat_ms,"encoding":"json","user":null});
     let _ = tx.send(Ws::text(welcome.to_string()));
-    let close_now = st.lock().expect("lock").close_next.take();
+    let close_now = {
+        let mut g = st.lock().expect("lock");
+        g.close_next.take().or(g.close_always)
+    };
     if let Some((code, reconnect)) = close_now {
         let d = json!({"v":1,"type":"disconnect","ts":now(),"code":code,"reason":"test","reconnect":reconnect});
         let _ = tx.send(Ws::text(d.to_string()));
