@@ -125,11 +125,9 @@ impl MessageBody for OutboxBody {
             }
         }
         if !this.buf.is_empty() {
-            let chunk = this.buf.split().freeze();
-            if this.buf.capacity() > MAX_CHUNK {
-                // Give back what a burst of large frames grew.
-                this.buf = BytesMut::new();
-            }
+            // Hand the whole allocation over with the chunk (not `split`, which would keep the rest of
+            // it, however large a burst made it, alive in `buf`): an idle connection holds no buffer.
+            let chunk = std::mem::take(&mut this.buf).freeze();
             return Poll::Ready(Some(Ok(chunk)));
         }
         if this.closing {
