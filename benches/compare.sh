@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
 # Compare herald with the baseline server (the physical limit) and the Node peers (ws, socket.io).
 #
-#   benches/compare.sh [--quick] [--reps N] [--servers "herald baseline ws sio"]
+#   benches/compare.sh [--quick|--full] [--reps N] [--servers "herald baseline ws sio"]
 #                      [--scenarios "fanout idle churn replay"] [--out DIR] [--no-build]
+#
+# Three sizes: --quick (a few minutes, smoke test), the default (about 25 minutes on 2 cores: S1 at 5k
+# connections x3 and 19k x1 with 20 s rest after the burst, S2 at 1k subscribers 64 B and 1 KiB with 2 s
+# steps, S4 stepped 500..10000 connects/s for 3 s each with 1-2 s holds, S6 1k/10k/100k missed messages),
+# and --full (the issue's exact sizes: 60 s rest, 19k x3, 10k subscribers too, 5 s steps, 1-5 s holds,
+# 20 s churn steps; well over an hour). Any parameter can be overridden from the environment, e.g.
+# `FANOUT_RATES=1000,2000 CHURN_RATES="1000 5000" benches/compare.sh --scenarios "fanout churn"`:
+# FANOUT_SUBS FANOUT_SIZES FANOUT_RATES STEP WARM IDLE_SIZES IDLE_REST IDLE_BIG_REPS CHURN_RATES
+# CHURN_SECS CHURN_HOLD REPLAY_SIZES FANOUT_P99_LIMIT_MS (default 100; raise it, e.g. to 1000, on a loaded
+# machine to find the throughput ceiling rather than the latency-bound one).
 #
 # For each scenario and server: a fresh server process, a warm-up run that is thrown away, then N
 # repetitions (3 by default; idle restarts the server for every repetition so memory starts clean).
@@ -26,12 +36,13 @@ NO_BUILD=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
+    --full) QUICK=2 ;;
     --reps) REPS="$2"; shift ;;
     --servers) SERVERS="$2"; shift ;;
     --scenarios) SCENARIOS="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --no-build) NO_BUILD=1 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -49,21 +60,30 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# ---- parameters
+# ---- parameters (each may be preset in the environment)
 if [ $QUICK = 1 ]; then
   REPS=${REPS:-1}
-  FANOUT_SUBS=200; FANOUT_SIZES="64"; FANOUT_RATES="500,1000,2000,5000,10000,20000"; STEP=2; WARM=0.5
-  IDLE_N=2000; IDLE_EXTRA="--burst --burst-count 5 --rest-secs 5 --settle-secs 2"
-  CHURN="--rate 100 --duration-secs 3 --hold-min-secs 1 --hold-max-secs 2"
-  REPLAY_M=2000
+  : "${FANOUT_SUBS:=200}" "${FANOUT_SIZES:=64}" "${FANOUT_RATES:=500,1000,2000,5000,10000,20000}" "${STEP:=2}" "${WARM:=0.5}"
+  : "${IDLE_SIZES:=2000}" "${IDLE_REST:=5}" "${IDLE_BIG_REPS:=1}"
+  : "${CHURN_RATES:=100 500}" "${CHURN_SECS:=3}" "${CHURN_HOLD:=1 2}"
+  : "${REPLAY_SIZES:=1000 2000}"
+elif [ $QUICK = 2 ]; then
+  REPS=${REPS:-3}
+  : "${FANOUT_SUBS:=1000 10000}" "${FANOUT_SIZES:=64 1024}" "${STEP:=5}" "${WARM:=1}"
+  : "${FANOUT_RATES:=100,200,500,1000,2000,3000,5000,7000,10000,15000,20000,30000,50000}"
+  : "${IDLE_SIZES:=5000 19000}" "${IDLE_REST:=60}" "${IDLE_BIG_REPS:=3}"
+  : "${CHURN_RATES:=500 1000 2000 3000 5000 7000 10000}" "${CHURN_SECS:=20}" "${CHURN_HOLD:=1 5}"
+  : "${REPLAY_SIZES:=1000 10000 100000}"
 else
   REPS=${REPS:-3}
-  FANOUT_SUBS=1000; FANOUT_SIZES="64 1024"; FANOUT_RATES="100,200,500,1000,2000,3000,5000,7000,10000,15000,20000,30000,50000"; STEP=5; WARM=1
-  IDLE_N=10000; IDLE_EXTRA="--burst --rest-secs 60 --settle-secs 5"
-  CHURN="--rate 500 --duration-secs 10 --hold-min-secs 1 --hold-max-secs 5"
-  REPLAY_M=50000
+  : "${FANOUT_SUBS:=1000}" "${FANOUT_SIZES:=64 1024}" "${STEP:=2}" "${WARM:=0.5}"
+  : "${FANOUT_RATES:=100,200,300,500,1000,2000,3000,4000,5000,7000,10000}"
+  : "${IDLE_SIZES:=5000 19000}" "${IDLE_REST:=20}" "${IDLE_BIG_REPS:=1}"
+  : "${CHURN_RATES:=500 1000 2000 5000 10000}" "${CHURN_SECS:=3}" "${CHURN_HOLD:=1 2}"
+  : "${REPLAY_SIZES:=1000 10000 100000}"
 fi
-
+read -r HOLD_MIN HOLD_MAX <<<"$CHURN_HOLD"
+: "${FANOUT_P99_LIMIT_MS:=100}"
 # ---- build and install
 if [ $NO_BUILD = 0 ]; then
   echo "== building release binaries (target: $TARGET)" >&2
@@ -88,7 +108,9 @@ start_server() {
       mkdir -p "$SCRATCH/data"; local dd; dd=$(mktemp -d "$SCRATCH/data/d.XXXX")
       # The per-connection rate limit would throttle the benchmark publisher, and the default
       # history_size (1000) is smaller than the replay scenario's message count.
-      (cd "$SCRATCH" && exec env HERALD_LIMITS__MESSAGES_PER_SECOND=100000000 HERALD_LIMITS__MESSAGES_BURST=100000000 \
+      # The churn scenario opens up to 10k connects/s from one address (default limit 5,000/s per IP).
+      (cd "$SCRATCH" && exec env HERALD_LIMITS__CONNECTS_PER_SECOND_PER_IP=1000000 \
+        HERALD_LIMITS__MAX_CONNECTIONS_PER_IP=1000000 HERALD_LIMITS__MESSAGES_PER_SECOND=100000000 HERALD_LIMITS__MESSAGES_BURST=100000000 \
         HERALD_NAMESPACES__DEFAULT__HISTORY_SIZE=1000000 \
         RUST_LOG=${RUST_LOG:-warn} "$TARGET/release/herald" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
         --data-dir "$dd" >"$log" 2>&1) &
@@ -126,40 +148,60 @@ for sc in $SCENARIOS; do
     if [ "$sc" = replay ] && [ "$srv" != herald ]; then continue; fi  # only herald keeps history
     case "$sc" in
       fanout)
+        for subs in $FANOUT_SUBS; do
         for size in $FANOUT_SIZES; do
-          echo "== fanout ${size}B: $srv" >&2
+          echo "== fanout ${subs} subs ${size}B: $srv" >&2
           start_server "$srv"
-          bench "$srv" "$OUT/runs/warmup-fanout$size-$srv.json" fanout --subscribers "$FANOUT_SUBS" --size "$size" \
+          bench "$srv" "$OUT/runs/warmup-fanout$size-$srv.json" fanout --subscribers "$subs" --size "$size" \
             --rates 500 --step-secs 1 --warmup-secs 0.2
           for r in $(seq 1 "$REPS"); do
-            bench "$srv" "$OUT/runs/fanout$size-$srv-$r.json" fanout --subscribers "$FANOUT_SUBS" --size "$size" \
-              --rates "$FANOUT_RATES" --step-secs "$STEP" --warmup-secs "$WARM"
+            bench "$srv" "$OUT/runs/fanout$subs-$size-$srv-$r.json" fanout --subscribers "$subs" --size "$size" \
+              --rates "$FANOUT_RATES" --step-secs "$STEP" --warmup-secs "$WARM" --drain-secs 1 \
+              --p99-limit-ms "$FANOUT_P99_LIMIT_MS"
           done
           stop_server
+        done
         done ;;
       idle)
-        for r in $(seq 1 "$REPS"); do
-          echo "== idle rep $r: $srv" >&2
-          start_server "$srv"; sleep 1
-          # shellcheck disable=SC2086
-          bench "$srv" "$OUT/runs/idle-$srv-$r.json" idle --connections "$IDLE_N" $IDLE_EXTRA
-          stop_server
+        for n in $IDLE_SIZES; do
+          reps=$REPS; [ "$n" -gt 10000 ] && reps=$IDLE_BIG_REPS
+          for r in $(seq 1 "$reps"); do
+            echo "== idle $n rep $r: $srv" >&2
+            start_server "$srv"; sleep 1
+            bench "$srv" "$OUT/runs/idle$n-$srv-$r.json" idle --connections "$n" --burst \
+              --rest-secs "$IDLE_REST" --settle-secs 3
+            stop_server
+          done
         done ;;
       churn)
         echo "== churn: $srv" >&2
         start_server "$srv"
         bench "$srv" "$OUT/runs/warmup-churn-$srv.json" churn --rate 50 --duration-secs 1 --hold-min-secs 0.2 --hold-max-secs 0.5
-        for r in $(seq 1 "$REPS"); do
-          # shellcheck disable=SC2086
-          bench "$srv" "$OUT/runs/churn-$srv-$r.json" churn $CHURN
+        for rate in $CHURN_RATES; do
+          fails=0
+          for r in $(seq 1 "$REPS"); do
+            f="$OUT/runs/churn$rate-$srv-$r.json"
+            bench "$srv" "$f" churn --rate "$rate" --duration-secs "$CHURN_SECS" \
+              --hold-min-secs "$HOLD_MIN" --hold-max-secs "$HOLD_MAX"
+            ok=$(python3 -c 'import json,sys
+try:
+  r=json.load(open(sys.argv[1])); print(int(r["connect_errors"]+r["subscribe_errors"]==0 and (r["connect_to_subscribed"].get("p99_ms") or 1e9)<=100))
+except Exception: print(0)' "$f")
+            [ "$ok" = 1 ] || fails=$((fails + 1))
+          done
+          echo "   churn $rate/s: $fails of $REPS repetitions over the limit" >&2
+          # a rate where most repetitions fail ends the ramp (higher rates only fail harder)
+          if [ $((fails * 2)) -gt "$REPS" ]; then break; fi
         done
         stop_server ;;
       replay)
         echo "== replay: $srv" >&2
         start_server "$srv"
         bench "$srv" "$OUT/runs/warmup-replay-$srv.json" replay --messages 500
-        for r in $(seq 1 "$REPS"); do
-          bench "$srv" "$OUT/runs/replay-$srv-$r.json" replay --messages "$REPLAY_M"
+        for m in $REPLAY_SIZES; do
+          for r in $(seq 1 "$REPS"); do
+            bench "$srv" "$OUT/runs/replay$m-$srv-$r.json" replay --messages "$m"
+          done
         done
         stop_server ;;
     esac

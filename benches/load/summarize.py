@@ -94,7 +94,16 @@ def main():
             print(f"skipping {f}: {e}", file=sys.stderr)
             continue
         sc = run.get("scenario")
-        key = f"{sc}{run.get('size')}B" if sc == "fanout" else sc
+        if sc == "fanout":
+            key = f"fanout {run.get('subscribers')} subscribers {run.get('size')} B"
+        elif sc == "idle":
+            key = f"idle {run.get('connections')} connections"
+        elif sc == "churn":
+            key = f"churn {run.get('rate'):g} connects/s"
+        elif sc == "replay":
+            key = f"replay {run.get('messages')} missed messages"
+        else:
+            key = sc
         groups.setdefault((key, sc), {}).setdefault(run.get("label") or "?", []).append((f, run))
 
     summary = {"groups": [], "median_runs": []}
@@ -133,6 +142,25 @@ def main():
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
         summary["groups"].append({"key": key, "scenario": sc, "servers": table})
+    # S4: the highest rate at which every repetition had 0 errors and p99 connect->subscribed <= 100 ms
+    churn = {}
+    for g in summary["groups"]:
+        if g["scenario"] != "churn":
+            continue
+        rate = float(g["key"].split()[1])
+        for label, vals in g["servers"].items():
+            ok = vals["errors"]["max"] == 0 and (vals["p99 connect->subscribed ms"]["max"] or 1e9) <= 100
+            churn.setdefault(label, []).append((rate, ok, vals["p99 connect->subscribed ms"]["median"]))
+    if churn:
+        lines += ["## churn: max sustained connects/s (all repetitions 0 errors and p99 <= 100 ms)", "",
+                  "| server | max sustained connects/s | highest rate tried | ratio to baseline |", "|---|---|---|---|"]
+        best = {l: max([r for r, ok, _ in xs if ok], default=0) for l, xs in churn.items()}
+        for label, xs in churn.items():
+            b = best.get("baseline")
+            ratio = f"{best[label] / b:.2f}x" if b else "-"
+            lines.append(f"| {label} | {best[label]:g} | {max(r for r, _, _ in xs):g} | {ratio} |")
+        lines.append("")
+        summary["churn_max_sustained"] = best
     json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=1)
     print("\n".join(lines))
 

@@ -96,7 +96,9 @@ pub fn plot_all(dir: &Path, runs: &[Value]) -> R<()> {
                 .iter()
                 .filter_map(|s| Some((s["connections"].as_f64()?, s["rss_kb"].as_f64()? / 1024.0)))
                 .collect();
-            (label(r), pts)
+            // several runs of one server (5k and 19k) must stay apart in the legend
+            let n = r["connections"].as_u64().unwrap_or(0);
+            (format!("{} ({}k)", label(r), n / 1000), pts)
         })
         .collect();
     if !series.is_empty() {
