@@ -6,6 +6,10 @@
 //! - `replay`: reading a channel's retained history back in 256-message range reads (what a resuming
 //!   subscriber's replay does) for 1,000 and 100,000 messages.
 //!
+//! - `listing`: one page of the channel index (`Store::channels`, what `GET /api/channels` reads) with
+//!   100,000 channels stored, from the start and from a cursor deep inside: the cost must not grow with the
+//!   number of channels.
+//!
 //! Run: `cargo bench --bench history` (quick: `cargo bench --bench history -- --quick`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -183,5 +187,28 @@ fn replay(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, append, replay);
+fn listing(c: &mut Criterion) {
+    const CHANNELS: usize = 100_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir, Duration::from_millis(2));
+    for i in 0..CHANNELS {
+        store
+            .channel_state(&format!("room:{i:06}"))
+            .expect("create channel");
+    }
+    let mut group = c.benchmark_group("listing_100k_channels");
+    group.throughput(Throughput::Elements(100));
+    for (name, after) in [("first_page", None), ("page_at_90k", Some("room:090000"))] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let page = store.channels("room:", after, 100).expect("page");
+                assert_eq!(page.len(), 100);
+                page
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, append, replay, listing);
 criterion_main!(benches);
