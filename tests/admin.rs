@@ -996,21 +996,12 @@ async fn promtool_accepts_the_metrics() {
 #[test]
 fn admin_token_never_appears_in_logs() {
     use std::io::{BufRead, BufReader, Read};
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     const SECRET_TOKEN: &str = "sekrit-admin-token-123";
     let dir = tempfile::tempdir().unwrap();
     let jwt = mint("log-user");
     for format in ["text", "json"] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(dir.path().join(format))
+        let mut child = serve_command(&dir.path().join(format))
             .args(["--log-format", format])
             .env("HERALD_ADMIN__TOKEN", SECRET_TOKEN)
             .env("HERALD_AUTH__HMAC_SECRET", JWT_SECRET)
@@ -1022,18 +1013,7 @@ fn admin_token_never_appears_in_logs() {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
-        let admin: SocketAddr = line
-            .trim()
-            .rsplit_once("admin=")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .1
-            .parse()
-            .unwrap();
-        let ws = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("ws="))
-            .unwrap()
-            .to_string();
+        let (ws, admin) = parse_listening(line.trim());
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
             let _c = Client::connect(&format!("ws://{ws}/ws"), Enc::Json).await;

@@ -26,16 +26,7 @@ struct Proc {
 /// Starts `herald serve` on port 0 with `data_dir`, in a cwd without `config/default.toml`, and waits for its
 /// `herald listening ws=ADDR admin=ADDR` line.
 async fn spawn_herald(data_dir: &Path, cwd: &Path) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data_dir)
+    let mut child = Command::from(serve_command(data_dir))
         .current_dir(cwd)
         .env("HERALD_STORAGE__GROUP_COMMIT_MS", "2")
         .env("HERALD_LIMITS__MESSAGES_PER_SECOND", "1000000")
@@ -55,11 +46,7 @@ async fn spawn_herald(data_dir: &Path, cwd: &Path) -> Proc {
         .expect("herald did not print its listening line in time")
         .expect("read stdout")
         .expect("herald exited before listening");
-    let ws = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("ws="))
-        .unwrap_or_else(|| panic!("unexpected first line: {line}"));
-    assert!(line.starts_with("herald listening "), "{line}");
+    let (ws, _) = parse_listening(&line);
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Proc {

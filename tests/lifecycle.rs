@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -12,16 +12,7 @@ use common::*;
 use serde_json::json;
 
 fn spawn_binary(dir: &std::path::Path) -> (std::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.join("data"))
+    let mut child = serve_command(&dir.join("data"))
         .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -30,11 +21,7 @@ fn spawn_binary(dir: &std::path::Path) -> (std::process::Child, String) {
     let stdout = child.stdout.take().unwrap();
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).unwrap();
-    let ws = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("ws="))
-        .unwrap_or_else(|| panic!("no ws= in {line:?}"))
-        .to_string();
+    let (ws, _) = parse_listening(line.trim());
     (child, format!("ws://{ws}/ws"))
 }
 

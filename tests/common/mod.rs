@@ -217,3 +217,30 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A `herald serve` command for the real binary on port 0 with `data_dir`; callers add env and stdio.
+pub fn serve_command(data_dir: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(data_dir);
+    cmd
+}
+
+/// Parses the binary's first stdout line, `herald listening ws=ADDR admin=ADDR`, into (ws, admin).
+pub fn parse_listening(line: &str) -> (std::net::SocketAddr, std::net::SocketAddr) {
+    let field = |key: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no {key}ADDR in the listening line {line:?}"))
+    };
+    assert!(line.starts_with("herald listening "), "{line:?}");
+    (field("ws="), field("admin="))
+}
