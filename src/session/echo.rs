@@ -82,11 +82,7 @@ pub async fn route(
 ) -> Result<HttpResponse, actix_web::Error> {
     let (response, ws, stream) = actix_ws::handle(&req, body)?;
     drop(ws);
-    let max = node.config.limits.max_frame_bytes;
-    let stream = stream
-        .max_frame_size(max)
-        .aggregate_continuations()
-        .max_continuation_size(max);
+    let stream = writer::limited(stream, node.config.limits.max_frame_bytes);
     let (tx, rx) = mpsc::channel(node.config.session.outbox_capacity);
     let (close_tx, close_rx) = oneshot::channel();
     Echo::create(move |ctx| {
@@ -96,6 +92,5 @@ pub async fn route(
             closer: Some(close_tx),
         }
     });
-    let response = response.map_body(|_, ws_body| writer::OutboxBody::new(ws_body, rx, close_rx));
-    Ok(response.map_into_boxed_body())
+    Ok(writer::attach(response, rx, close_rx))
 }

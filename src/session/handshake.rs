@@ -143,17 +143,12 @@ pub async fn route(
     let (response, ws, stream) = actix_ws::handle_with_protocols(&req, body, &protocols)?;
     // We write through our own body (see `writer`), not through actix-ws's `Session`.
     drop(ws);
-    let max = node.config.limits.max_frame_bytes;
-    let stream = stream
-        .max_frame_size(max)
-        .aggregate_continuations()
-        .max_continuation_size(max);
+    let stream = writer::limited(stream, node.config.limits.max_frame_bytes);
     let peer = req.peer_addr();
     let (session, outbox, close) = Session::new(node, encoding, claims, ticket, peer);
     Session::create(move |ctx| {
         ctx.add_stream(stream);
         session
     });
-    let response = response.map_body(|_, ws_body| writer::OutboxBody::new(ws_body, outbox, close));
-    Ok(response.map_into_boxed_body())
+    Ok(writer::attach(response, outbox, close))
 }

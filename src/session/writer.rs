@@ -26,6 +26,28 @@ use crate::protocol::Outgoing;
 /// Most bytes encoded into one chunk before it is handed to the HTTP layer.
 pub const MAX_CHUNK: usize = 64 * 1024;
 
+/// Applies the frame-size limit to actix-ws's incoming side and aggregates continuation frames.
+pub fn limited(
+    stream: actix_ws::MessageStream,
+    max_bytes: usize,
+) -> actix_ws::AggregatedMessageStream {
+    stream
+        .max_frame_size(max_bytes)
+        .aggregate_continuations()
+        .max_continuation_size(max_bytes)
+}
+
+/// Puts an [`OutboxBody`] in place of actix-ws's response body (which it keeps, unpolled).
+pub fn attach(
+    response: actix_web::HttpResponse,
+    outbox: mpsc::Receiver<Outgoing>,
+    close: oneshot::Receiver<CloseRequest>,
+) -> actix_web::HttpResponse {
+    response
+        .map_body(|_, ws_body| OutboxBody::new(ws_body, outbox, close))
+        .map_into_boxed_body()
+}
+
 /// A request to close the connection: an optional last frame (the `disconnect` frame), then a close frame.
 pub struct CloseRequest {
     pub last: Option<Outgoing>,
