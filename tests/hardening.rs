@@ -760,30 +760,44 @@ async fn permessage_deflate_is_never_negotiated() {
 // Slow consumers
 // ---------------------------------------------------------------------------------------------------------
 
+/// A node config where outboxes fill fast (16 frames) and publishers are not rate limited.
+fn slow_consumer_config() -> (herald::config::Config, tempfile::TempDir) {
+    let (mut cfg, dir) = test_config();
+    cfg.session.outbox_capacity = 16;
+    cfg.limits.messages_per_second = 1_000_000;
+    cfg.limits.messages_burst = 1_000_000;
+    (cfg, dir)
+}
+
+/// A raw client with a 4 KiB receive buffer, subscribed to `channel`, that the caller then stops reading.
+/// Returns it with the channel head from the subscribe reply and its local port.
+async fn stalled_subscriber(addr: SocketAddr, channel: &str) -> (RawWs, u64, u16) {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(addr).await.unwrap();
+    let local_port = stream.local_addr().unwrap().port();
+    let h = upgrade_on(stream, addr, &[]).await;
+    assert_eq!(h.status, 101);
+    let mut ws = h.ws;
+    assert_eq!(ws.expect_frame().await.json()["type"], "welcome");
+    ws.send_json(json!({"v": 1, "type": "subscribe", "id": 1, "channel": channel}))
+        .await;
+    let r = ws.expect_frame().await.json();
+    assert_eq!(r["type"], "reply", "{r}");
+    let head = r["result"]["offset"].as_u64().unwrap();
+    (ws, head, local_port)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_consumer_is_cut_while_others_receive_everything() {
     const N: usize = 3000;
     const WINDOW: usize = 12;
-    let (mut cfg, _dir) = test_config();
-    cfg.session.outbox_capacity = 16;
-    cfg.limits.messages_per_second = 1_000_000;
-    cfg.limits.messages_burst = 1_000_000;
+    let (cfg, _dir) = slow_consumer_config();
     let node = start(cfg);
     let addr = addr_of(&node);
 
     // The slow subscriber: a tiny receive buffer, subscribes, then stops reading.
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let stream = sock.connect(addr).await.unwrap();
-    let h = upgrade_on(stream, addr, &[]).await;
-    assert_eq!(h.status, 101);
-    let mut slow = h.ws;
-    assert_eq!(slow.expect_frame().await.json()["type"], "welcome");
-    slow.send_json(json!({"v": 1, "type": "subscribe", "id": 1, "channel": "firehose"}))
-        .await;
-    let r = slow.expect_frame().await.json();
-    assert_eq!(r["type"], "reply", "{r}");
-    let head = r["result"]["offset"].as_u64().unwrap();
+    let (mut slow, head, _) = stalled_subscriber(addr, "firehose").await;
 
     // The good subscriber reads everything, checking order.
     let mut good = Client::connect(&node.ws_url(), Enc::Json).await;
@@ -1017,25 +1031,12 @@ fn established(server_port: u16, peer_port: u16) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_loses_its_socket_not_just_its_session() {
-    let (mut cfg, _dir) = test_config();
-    cfg.session.outbox_capacity = 16;
+    let (mut cfg, _dir) = slow_consumer_config();
     cfg.session.heartbeat_ms = 300;
     cfg.session.heartbeat_timeout_ms = 1500;
-    cfg.limits.messages_per_second = 1_000_000;
-    cfg.limits.messages_burst = 1_000_000;
     let node = start(cfg);
     let addr = addr_of(&node);
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let stream = sock.connect(addr).await.unwrap();
-    let local_port = stream.local_addr().unwrap().port();
-    let h = upgrade_on(stream, addr, &[]).await;
-    assert_eq!(h.status, 101);
-    let mut slow = h.ws;
-    assert_eq!(slow.expect_frame().await.json()["type"], "welcome");
-    slow.send_json(json!({"v": 1, "type": "subscribe", "id": 1, "channel": "hose"}))
-        .await;
-    assert_eq!(slow.expect_frame().await.json()["type"], "reply");
+    let (slow, _, local_port) = stalled_subscriber(addr, "hose").await;
     assert_eq!(established(addr.port(), local_port), 1);
     // 8 MB towards a client that reads nothing more.
     let mut publisher = Client::connect(&node.ws_url(), Enc::Msgpack).await;
