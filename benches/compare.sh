@@ -14,6 +14,12 @@
 # CHURN_SECS CHURN_HOLD REPLAY_SIZES FANOUT_P99_LIMIT_MS (default 100; raise it, e.g. to 1000, on a loaded
 # machine to find the throughput ceiling rather than the latency-bound one).
 #
+# One process holds at most RLIMIT_NOFILE sockets (20,000 here, and that is a hard limit), so idle and churn
+# spread their connections over several herald-bench worker processes (`--procs`), each binding its
+# connections to its own 127.0.0.x source addresses: idle uses ceil(connections / 9000) processes, churn
+# enough that rate x longest hold stays under 15,000 sockets per process. IDLE_PROCS and CHURN_PROCS
+# override the count. The servers have the same limit: churn above ~19.9k concurrent sockets fails there.
+#
 # For each scenario and server: a fresh server process, a warm-up run that is thrown away, then N
 # repetitions (3 by default; idle restarts the server for every repetition so memory starts clean).
 # Every run is driven by the same herald-bench client with the same payloads. Results go to
@@ -42,7 +48,7 @@ while [ $# -gt 0 ]; do
     --scenarios) SCENARIOS="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --no-build) NO_BUILD=1 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -143,6 +149,12 @@ bench() {
     2>>"$OUT/logs/bench.log" || echo "  (run failed: $label $sc, see logs/bench.log)" >&2
 }
 
+# churn_procs RATE: worker processes so that RATE x the longest hold fits under 15k sockets each
+churn_procs() {
+  if [ -n "${CHURN_PROCS:-}" ]; then echo "$CHURN_PROCS"; return; fi
+  awk -v r="$1" -v h="$HOLD_MAX" 'BEGIN { p = r * h / 15000; c = int(p); if (c < p) c++; if (c < 1) c = 1; print c }'
+}
+
 for sc in $SCENARIOS; do
   for srv in $SERVERS; do
     if [ "$sc" = replay ] && [ "$srv" != herald ]; then continue; fi  # only herald keeps history
@@ -169,7 +181,7 @@ for sc in $SCENARIOS; do
             echo "== idle $n rep $r: $srv" >&2
             start_server "$srv"; sleep 1
             bench "$srv" "$OUT/runs/idle$n-$srv-$r.json" idle --connections "$n" --burst \
-              --rest-secs "$IDLE_REST" --settle-secs 3
+              --rest-secs "$IDLE_REST" --settle-secs 3 --procs "${IDLE_PROCS:-$(( (n + 8999) / 9000 ))}"
             stop_server
           done
         done ;;
@@ -182,7 +194,7 @@ for sc in $SCENARIOS; do
           for r in $(seq 1 "$REPS"); do
             f="$OUT/runs/churn$rate-$srv-$r.json"
             bench "$srv" "$f" churn --rate "$rate" --duration-secs "$CHURN_SECS" \
-              --hold-min-secs "$HOLD_MIN" --hold-max-secs "$HOLD_MAX"
+              --hold-min-secs "$HOLD_MIN" --hold-max-secs "$HOLD_MAX" --procs "$(churn_procs "$rate")"
             ok=$(python3 -c 'import json,sys
 try:
   r=json.load(open(sys.argv[1])); print(int(r["connect_errors"]+r["subscribe_errors"]==0 and (r["connect_to_subscribed"].get("p99_ms") or 1e9)<=100))

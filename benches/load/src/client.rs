@@ -64,6 +64,7 @@ impl Client {
             TcpSocket::new_v6()?
         };
         if let Some(ip) = bind {
+            bind_address_no_port(&sock)?;
             sock.bind(SocketAddr::new(ip, 0))?;
         }
         let stream = sock.connect(t.addr).await?;
@@ -189,6 +190,30 @@ impl Client {
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
+}
+
+/// Let connect() choose the source port by the whole 4-tuple (and reuse TIME_WAIT ports like an
+/// unbound socket) instead of bind() reserving a port of the source address for good.
+fn bind_address_no_port(sock: &TcpSocket) -> R<()> {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(format!(
+            "IP_BIND_ADDRESS_NO_PORT: {}",
+            std::io::Error::last_os_error()
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// The value of the first `"type":"…"` in a frame (herald and the peers put no spaces there).

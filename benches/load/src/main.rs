@@ -4,8 +4,14 @@
 //! the generator's own CPU (reported next to every result) shows when it, not the server, is the
 //! limit. Publishers are open-loop: they send at a fixed rate and stamp each frame with its
 //! *intended* send time, so a server that queues cannot hide it.
+//!
+//! `idle` and `churn` keep their connections in `--procs N` worker processes (procs.rs), because one
+//! process may hold only RLIMIT_NOFILE sockets.
+mod churn;
 mod client;
+mod idle;
 mod plot;
+mod procs;
 mod scenarios;
 mod util;
 
@@ -52,11 +58,11 @@ pub struct Common {
 #[derive(Subcommand)]
 enum Cmd {
     /// Open N idle connections (2 subscriptions each) and report the server's RSS per connection
-    Idle(scenarios::IdleArgs),
+    Idle(idle::IdleArgs),
     /// S subscribers on one channel, one open-loop publisher at stepped rates until p99 > limit
     Fanout(scenarios::FanoutArgs),
     /// Open-loop connects/s: connect, subscribe, hold 1-5 s, close
-    Churn(scenarios::ChurnArgs),
+    Churn(churn::ChurnArgs),
     /// Publish M messages, then resume from offset 0 and time the replay (herald only)
     Replay(scenarios::ReplayArgs),
     /// Draw comparison plots from several result files
@@ -78,9 +84,16 @@ fn main() {
         .unwrap();
     let local = tokio::task::LocalSet::new();
     let (common, result): (Option<Common>, util::R<Value>) = match cli.cmd {
+        // a worker process (started by `idle`/`churn --procs`) answers on stdout and exits
+        Cmd::Idle(a) if a.procs.worker.is_some() => {
+            procs::worker_exit(local.block_on(&rt, idle::worker(a)))
+        }
+        Cmd::Churn(a) if a.procs.worker.is_some() => {
+            procs::worker_exit(local.block_on(&rt, churn::worker(a)))
+        }
         Cmd::Idle(a) => (
             Some(a.common.clone()),
-            local.block_on(&rt, scenarios::idle(a, nofile)),
+            local.block_on(&rt, idle::run(a, nofile)),
         ),
         Cmd::Fanout(a) => (
             Some(a.common.clone()),
@@ -88,7 +101,7 @@ fn main() {
         ),
         Cmd::Churn(a) => (
             Some(a.common.clone()),
-            local.block_on(&rt, scenarios::churn(a)),
+            local.block_on(&rt, churn::run(a, nofile)),
         ),
         Cmd::Replay(a) => (
             Some(a.common.clone()),

@@ -1,54 +1,57 @@
-//! The four scenarios. Each returns one JSON object (see docs in benches/compare.sh).
+//! The fanout and replay scenarios and what all scenarios share (idle and churn have their own
+//! modules). Each scenario returns one JSON object (see docs in benches/compare.sh).
 use crate::client::{find_offset, find_t, frame_type, publish_json, sched, Client, Target};
-use crate::util::{self, gen_cpu, hist_json, new_hist, now_ns, progress, thread_cpu, Server, R};
+use crate::util::{gen_cpu, hist_json, new_hist, now_ns, progress, thread_cpu, Server, R};
 use crate::Common;
 use clap::Args;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-async fn sleep_until_ns(t: u64) {
+pub async fn sleep_until_ns(t: u64) {
     let now = now_ns();
     if t > now {
         tokio::time::sleep(Duration::from_nanos(t - now)).await;
     }
 }
 
-fn run_id() -> String {
+pub fn run_id() -> String {
     format!("{:x}", now_ns() / 1000 % 0xffff_ffff)
 }
 
-/// Source address for connection `i`: beyond 20k connections spread over 127.0.0.2..=9 so the
-/// ~28k ephemeral ports per (source, destination) pair do not run out.
+/// Source address for fan-out subscriber `i`: beyond 20k connections spread over 127.0.0.2..=9
+/// so the ~28k ephemeral ports per (source, destination) pair do not run out.
 fn bind_for(t: &Target, i: usize, n: usize) -> Option<IpAddr> {
     (n > 20_000 && t.addr.ip().is_loopback())
         .then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % 8) as u8)))
 }
 
-async fn target(c: &Common) -> R<(Target, Server)> {
+pub async fn target(c: &Common) -> R<(Target, Server)> {
     let t = Target::resolve(&c.url, c.proto == "sio").await?;
     Ok((t, Server { pid: c.server_pid }))
 }
 
-/// Open `range` connections, each subscribing to `chans(i)`; failures are counted, not fatal.
-async fn open_many(
+/// Open `range` connections, connection `i` from source address `bind(i)` and subscribing to
+/// `chans(i)`; failures are counted, not fatal.
+pub async fn open_many(
     t: &Target,
     range: std::ops::Range<usize>,
-    n_total: usize,
     conc: usize,
     chans: &dyn Fn(usize) -> Vec<String>,
+    bind: &dyn Fn(usize) -> Option<IpAddr>,
     pb: &indicatif::ProgressBar,
 ) -> (Vec<Client>, Vec<String>) {
     let results: Vec<R<Client>> = futures_util::stream::iter(range)
         .map(|i| {
             let names = chans(i);
+            let src = bind(i);
             async move {
-                let mut c = Client::connect(t, bind_for(t, i, n_total)).await?;
+                let mut c = Client::connect(t, src).await?;
                 for (k, ch) in names.iter().enumerate() {
                     c.subscribe(k as u64 + 1, ch).await?;
                 }
@@ -70,9 +73,17 @@ async fn open_many(
     (ok, errs)
 }
 
-fn first_errors(errs: &[String]) -> Value {
-    let mut e: Vec<&String> = errs.iter().take(3).collect();
-    e.dedup();
+/// The first few distinct error messages.
+pub fn first_errors<'a>(errs: impl IntoIterator<Item = &'a String>) -> Value {
+    let mut e: Vec<&String> = Vec::new();
+    for x in errs {
+        if e.len() == 3 {
+            break;
+        }
+        if !e.contains(&x) {
+            e.push(x);
+        }
+    }
     json!(e)
 }
 
@@ -262,9 +273,9 @@ pub async fn fanout(a: FanoutArgs) -> R<Value> {
     let (subs, errs) = open_many(
         &t,
         0..s,
-        s,
         a.common.connect_concurrency,
         &|_| vec![ch.clone()],
+        &|i| bind_for(&t, i, s),
         &pb,
     )
     .await;
@@ -459,294 +470,6 @@ pub async fn fanout(a: FanoutArgs) -> R<Value> {
         "max_deliveries_per_s_within_limit": best,
         "stopped_because": stopped,
         "steps": steps,
-    }))
-}
-
-// ---------------------------------------------------------------- idle
-
-#[derive(Args, Clone, Debug)]
-pub struct IdleArgs {
-    #[command(flatten)]
-    pub common: Common,
-    /// Connections to open (one process holds at most ~19.9k)
-    #[arg(long, default_value_t = 5000)]
-    pub connections: usize,
-    /// RSS samples taken while connecting (for the memory-vs-connections plot)
-    #[arg(long, default_value_t = 10)]
-    pub samples: usize,
-    /// Seconds to wait after the last connection before the final reading
-    #[arg(long, default_value_t = 5.0)]
-    pub settle_secs: f64,
-    /// After the idle reading, publish a burst of large messages to every connection, then rest
-    #[arg(long)]
-    pub burst: bool,
-    /// Messages in the burst
-    #[arg(long, default_value_t = 20)]
-    pub burst_count: u64,
-    /// Size of each burst message's `data` (herald refuses more than limits.max_publish_bytes = 32 KiB)
-    #[arg(long, default_value_t = 30000)]
-    pub burst_size: usize,
-    /// Seconds to rest after the burst before reading RSS again
-    #[arg(long, default_value_t = 60.0)]
-    pub rest_secs: f64,
-}
-
-pub async fn idle(a: IdleArgs, nofile: u64) -> R<Value> {
-    let (t, server) = target(&a.common).await?;
-    let n = a.connections;
-    if n as u64 + 64 > nofile {
-        return Err(format!(
-            "{n} connections need {n} fds but this process may hold {nofile}; run several herald-bench processes"
-        )
-        .into());
-    }
-    let run = run_id();
-    let all = format!("idle-all-{run}");
-    let rss0 = server.rss_kb();
-    let cpu0 = server.cpu();
-    let mut samples = vec![json!({"connections": 0, "rss_kb": rss0})];
-    let received = Rc::new(Cell::new(0u64));
-    let closed = Rc::new(Cell::new(0u64));
-    let mut errs = Vec::new();
-    let pb = progress(n as u64, "connections");
-    let batches = a.samples.max(1);
-    let started = Instant::now();
-    let mut opened = 0usize;
-    for b in 0..batches {
-        let hi = n * (b + 1) / batches;
-        let (all2, run2) = (all.clone(), run.clone());
-        let chans = move |i: usize| vec![all2.clone(), format!("idle-{run2}-{}", i % 1000)];
-        let (cs, e) = open_many(&t, opened..hi, n, a.common.connect_concurrency, &chans, &pb).await;
-        opened = hi;
-        errs.extend(e);
-        for mut c in cs {
-            let (received, closed) = (received.clone(), closed.clone());
-            tokio::task::spawn_local(async move {
-                loop {
-                    match c.recv().await {
-                        Ok(Some(f)) => {
-                            if frame_type(&f) == b"message" {
-                                received.set(received.get() + 1);
-                            }
-                        }
-                        _ => {
-                            closed.set(closed.get() + 1);
-                            break;
-                        }
-                    }
-                }
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        samples.push(json!({"connections": hi - errs.len(), "rss_kb": server.rss_kb()}));
-    }
-    pb.finish_and_clear();
-    let connect_secs = started.elapsed().as_secs_f64();
-    let ok = (n - errs.len()) as u64;
-    tokio::time::sleep(Duration::from_secs_f64(a.settle_secs)).await;
-    let rss1 = server.rss_kb();
-    let per_conn = |r: Option<u64>| -> Option<f64> {
-        let (r, r0) = (r?, rss0?);
-        (ok > 0).then(|| (r as f64 - r0 as f64) * 1024.0 / ok as f64)
-    };
-    let mut out = json!({
-        "scenario": "idle",
-        "connections": n,
-        "connected": ok,
-        "connect_errors": errs.len(),
-        "connect_first_errors": first_errors(&errs),
-        "connect_secs": connect_secs,
-        "server_rss_kb_before": rss0,
-        "server_rss_kb_idle": rss1,
-        "server_bytes_per_connection": per_conn(rss1),
-        "server_fds": server.fds(),
-        "server_cpu_s_connecting": server.cpu().zip(cpu0).map(|(b, a)| b - a),
-        "samples": samples,
-        "disconnected_while_idle": closed.get(),
-    });
-    if a.burst {
-        let mut p = Client::connect(&t, None).await?;
-        let t0 = Instant::now();
-        for i in 0..a.burst_count {
-            p.feed(publish_json(1000 + i, &all, now_ns(), a.burst_size))
-                .await?;
-        }
-        p.flush().await?;
-        let mut replies = 0;
-        while replies < a.burst_count {
-            match tokio::time::timeout(Duration::from_secs(30), p.recv()).await {
-                Ok(Ok(Some(f))) if frame_type(&f) == b"reply" || frame_type(&f) == b"error" => {
-                    replies += 1
-                }
-                Ok(Ok(Some(_))) => {}
-                _ => break,
-            }
-        }
-        let want = a.burst_count * (ok - closed.get());
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while received.get() < want && Instant::now() < deadline && closed.get() < ok {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let burst_secs = t0.elapsed().as_secs_f64();
-        let rss2 = server.rss_kb();
-        let pb = indicatif::ProgressBar::new((a.rest_secs * 10.0) as u64);
-        pb.set_message("resting");
-        for _ in 0..(a.rest_secs * 10.0) as u64 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            pb.inc(1);
-        }
-        pb.finish_and_clear();
-        let rss3 = server.rss_kb();
-        let m = out.as_object_mut().unwrap();
-        m.insert(
-            "burst".into(),
-            json!({
-                "messages": a.burst_count,
-                "size": a.burst_size,
-                "publish_replies": replies,
-                "deliveries_expected": want,
-                "deliveries_received": received.get(),
-                "deliver_secs": burst_secs,
-                "server_rss_kb_after_burst": rss2,
-                "server_bytes_per_connection_after_burst": per_conn(rss2),
-                "rest_secs": a.rest_secs,
-                "server_rss_kb_after_rest": rss3,
-                "server_bytes_per_connection_after_rest": per_conn(rss3),
-                "disconnected": closed.get(),
-            }),
-        );
-        p.close().await;
-    }
-    Ok(out)
-}
-
-// ---------------------------------------------------------------- churn
-
-#[derive(Args, Clone, Debug)]
-pub struct ChurnArgs {
-    #[command(flatten)]
-    pub common: Common,
-    /// New connections per second (open loop)
-    #[arg(long, default_value_t = 200.0)]
-    pub rate: f64,
-    #[arg(long, default_value_t = 10.0)]
-    pub duration_secs: f64,
-    #[arg(long, default_value_t = 1.0)]
-    pub hold_min_secs: f64,
-    #[arg(long, default_value_t = 5.0)]
-    pub hold_max_secs: f64,
-    /// Channels the connections spread over
-    #[arg(long, default_value_t = 100)]
-    pub channels: usize,
-}
-
-#[derive(Default)]
-struct ChurnStats {
-    hist: Option<Histogram<u64>>,
-    connect_err: u64,
-    subscribe_err: u64,
-    first_err: Option<String>,
-    live: u64,
-    peak: u64,
-    done: u64,
-}
-
-pub async fn churn(a: ChurnArgs) -> R<Value> {
-    let (t, server) = target(&a.common).await?;
-    let run = run_id();
-    let (rss0, fds0, cpu0, g0) = (server.rss_kb(), server.fds(), server.cpu(), gen_cpu());
-    let n = (a.rate * a.duration_secs).round() as u64;
-    let st = Rc::new(RefCell::new(ChurnStats {
-        hist: Some(new_hist()),
-        ..Default::default()
-    }));
-    let start = now_ns() + 100_000_000;
-    let period = 1e9 / a.rate;
-    let mut rng = util::Rng::new(now_ns());
-    let pb = progress(n, "connects");
-    let mut max_lag_ms: f64 = 0.0;
-    for i in 0..n {
-        let intended = start + (i as f64 * period) as u64;
-        sleep_until_ns(intended).await;
-        max_lag_ms = max_lag_ms.max(now_ns().saturating_sub(intended) as f64 / 1e6);
-        let hold = Duration::from_secs_f64(
-            a.hold_min_secs
-                + (a.hold_max_secs - a.hold_min_secs) * (rng.next() % 10_000) as f64 / 10_000.0,
-        );
-        let ch = format!("churn-{run}-{}", rng.range(0, a.channels as u64));
-        let (t, st, pb) = (t.clone(), st.clone(), pb.clone());
-        tokio::task::spawn_local(async move {
-            let res = async {
-                let c = Client::connect(&t, None)
-                    .await
-                    .map_err(|e| (true, e.to_string()))?;
-                Ok::<_, (bool, String)>(c)
-            }
-            .await;
-            let mut c = match res {
-                Ok(c) => c,
-                Err((_, e)) => {
-                    let mut s = st.borrow_mut();
-                    s.connect_err += 1;
-                    s.first_err.get_or_insert(e);
-                    s.done += 1;
-                    return;
-                }
-            };
-            if let Err(e) = c.subscribe(1, &ch).await {
-                let mut s = st.borrow_mut();
-                s.subscribe_err += 1;
-                s.first_err.get_or_insert(e.to_string());
-                s.done += 1;
-                return;
-            }
-            {
-                let mut s = st.borrow_mut();
-                let _ = s
-                    .hist
-                    .as_mut()
-                    .unwrap()
-                    .record((now_ns().saturating_sub(intended) / 1000).max(1));
-                s.live += 1;
-                s.peak = s.peak.max(s.live);
-            }
-            pb.inc(1);
-            let _ = tokio::time::timeout(hold, async { while let Ok(Some(_)) = c.recv().await {} })
-                .await;
-            c.close().await;
-            let mut s = st.borrow_mut();
-            s.live -= 1;
-            s.done += 1;
-        });
-    }
-    let deadline = Instant::now() + Duration::from_secs_f64(a.hold_max_secs + 15.0);
-    while st.borrow().done < n && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    pb.finish_and_clear();
-    let (rss_mid, fds_mid) = (server.rss_kb(), server.fds());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let s = st.borrow();
-    Ok(json!({
-        "scenario": "churn",
-        "rate": a.rate,
-        "duration_secs": a.duration_secs,
-        "attempted": n,
-        "completed": s.done,
-        "connect_errors": s.connect_err,
-        "subscribe_errors": s.subscribe_err,
-        "first_error": s.first_err,
-        "peak_concurrent": s.peak,
-        "connect_to_subscribed": hist_json(s.hist.as_ref().unwrap()),
-        "generator_max_lag_ms": max_lag_ms,
-        "server_rss_kb_before": rss0,
-        "server_rss_kb_after": server.rss_kb(),
-        "server_rss_kb_after_closes": rss_mid,
-        "server_fds_before": fds0,
-        "server_fds_after_closes": fds_mid,
-        "server_fds_after": server.fds(),
-        "server_cpu_s": server.cpu().zip(cpu0).map(|(b, a)| b - a),
-        "generator_cpu_s": gen_cpu() - g0,
     }))
 }
 

@@ -19,9 +19,10 @@ fn rusage(who: libc::c_int) -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-/// CPU seconds (user + system) of this whole generator process.
+/// CPU seconds (user + system) of this whole generator process and of its worker processes that
+/// have exited (and were waited for).
 pub fn gen_cpu() -> f64 {
-    rusage(libc::RUSAGE_SELF)
+    rusage(libc::RUSAGE_SELF) + rusage(libc::RUSAGE_CHILDREN)
 }
 
 /// CPU seconds of the calling thread (the subscriber/receiver thread).
@@ -100,6 +101,26 @@ pub fn hist_json(h: &Histogram<u64>) -> Value {
         "max_ms": ms(h.max()),
         "mean_ms": h.mean() / 1000.0,
     })
+}
+
+/// A histogram as `[[value, count], …]` (every recorded bucket), to merge exactly elsewhere.
+pub fn hist_to_json(h: &Histogram<u64>) -> Value {
+    let v: Vec<[u64; 2]> = h
+        .iter_recorded()
+        .map(|x| [x.value_iterated_to(), x.count_at_value()])
+        .collect();
+    json!(v)
+}
+
+/// Add a histogram written by `hist_to_json` into `h`.
+pub fn hist_add_json(h: &mut Histogram<u64>, v: &Value) -> R<()> {
+    for pair in v.as_array().ok_or("histogram is not a list")? {
+        let (Some(value), Some(count)) = (pair[0].as_u64(), pair[1].as_u64()) else {
+            return Err(format!("bad histogram entry {pair}").into());
+        };
+        h.record_n(value, count)?;
+    }
+    Ok(())
 }
 
 /// Tiny xorshift for hold times and channel choice.
