@@ -101,8 +101,12 @@ fn bench_decode(c: &mut Criterion) {
     }
 }
 
+/// Bytes on the wire (WebSocket header included) of an encoded frame.
 fn frame_len(o: &Outgoing) -> u64 {
-    o.len() as u64
+    match o {
+        Outgoing::Frame(f) => f.wire().len() as u64,
+        Outgoing::Ping | Outgoing::Pong(_) => 0,
+    }
 }
 
 fn bench_encode(c: &mut Criterion) {

@@ -49,6 +49,8 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     pub data_dir: PathBuf,
     pub allowed_origins: Vec<String>,
+    /// Length of the client listener's accept queue (the kernel caps it at `net.core.somaxconn`).
+    pub backlog: u32,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
     /// Arbiter threads that host channel actors; 0 means one per core.
@@ -232,6 +234,7 @@ impl Default for ServerConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 8001)),
             data_dir: PathBuf::from("./data"),
             allowed_origins: Vec::new(),
+            backlog: 1024,
             workers: 0,
             channel_threads: 0,
             node_id: String::new(),

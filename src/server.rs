@@ -49,10 +49,20 @@ impl Listeners {
     /// Binds both addresses of the config (port 0 picks a free port).
     pub fn bind(config: &Config) -> io::Result<Listeners> {
         Ok(Listeners {
-            client: TcpListener::bind(config.server.listen)?,
+            client: listen(config.server.listen, config.server.backlog)?,
             admin: TcpListener::bind(config.server.admin_listen)?,
         })
     }
+}
+
+/// A listening socket with an accept queue of `backlog` (std's `TcpListener::bind` always asks for 128).
+fn listen(addr: std::net::SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
 }
 
 fn threads(configured: usize) -> usize {
@@ -106,6 +116,13 @@ pub async fn run(
     run_with(listeners, config, shutdown, |_| {}).await
 }
 
+/// How many bytes of queued frames actix-http gathers before it writes them to a client socket (its
+/// default is 32 KiB). actix-http keeps this buffer for the whole life of a connection once it has grown,
+/// unless it grew past 128 KiB, so its high-water mark is memory an idle connection holds after a burst:
+/// with this size and [`session::writer::MAX_CHUNK`] it stays at or under 16 KiB (it was ~110 KB after a
+/// burst of 30 KB messages with the defaults). 8 KiB is still a hundred small frames per write.
+pub const WRITE_BUFFER: usize = 8 * 1024;
+
 /// Like [`run`], and calls `on_ready` with the node's state once it accepts connections.
 pub async fn run_with(
     listeners: Listeners,
@@ -150,6 +167,7 @@ pub async fn run_with(
     .client_disconnect_timeout(Duration::ZERO)
     // Small frames must not wait for Nagle + delayed ACK (up to 40 ms per stall).
     .tcp_nodelay(true)
+    .h1_write_buffer_size(WRITE_BUFFER)
     .client_request_timeout(Duration::from_millis(
         node.config.session.handshake_timeout_ms,
     ))

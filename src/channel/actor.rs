@@ -73,10 +73,20 @@ pub struct ChannelActor {
     pub(super) durable: u64,
     pub(super) pending: VecDeque<Pending>,
     pub(super) subscribers: HashMap<Arc<str>, Subscriber>,
+    /// Subscribers per encoding (JSON, MessagePack), so a delivery knows which encodings to build
+    /// without walking every subscriber.
+    per_encoding: [usize; 2],
     pub(super) last_activity: Instant,
     pub(super) last_publish_ms: Option<u64>,
     /// Span of this channel; entered by the handlers.
     pub(super) span: tracing::Span,
+}
+
+fn encoding_slot(e: Encoding) -> usize {
+    match e {
+        Encoding::Json => 0,
+        Encoding::Msgpack => 1,
+    }
 }
 
 impl ChannelActor {
@@ -93,6 +103,7 @@ impl ChannelActor {
             durable: state.head,
             pending: VecDeque::new(),
             subscribers: HashMap::new(),
+            per_encoding: [0, 0],
             last_activity: Instant::now(),
             last_publish_ms: None,
             node,
@@ -182,9 +193,8 @@ impl ChannelActor {
             from: p.from.as_deref(),
         };
         let frame = ServerFrame::Message(body);
-        let wants = |e: Encoding| self.subscribers.values().any(|s| s.encoding == e);
         let enc = |e: Encoding| {
-            if !wants(e) {
+            if self.per_encoding[encoding_slot(e)] == 0 {
                 return None;
             }
             encode(e, &frame)
@@ -237,6 +247,7 @@ impl ChannelActor {
 
     fn remove_subscriber(&mut self, session: &Arc<str>, announce: bool) -> Option<Subscriber> {
         let sub = self.subscribers.remove(session)?;
+        self.per_encoding[encoding_slot(sub.encoding)] -= 1;
         Stats::gauge(&self.node.stats.subscriptions, -1);
         if announce && self.ns.join_leave {
             self.announce(false, session, sub.user.as_deref());
@@ -460,7 +471,8 @@ impl Handler<Subscribe> for ChannelActor {
         let outbox = msg.outbox.clone();
         let evict = msg.evict.clone();
         let user = msg.user.clone();
-        self.subscribers.insert(
+        self.per_encoding[encoding_slot(msg.encoding)] += 1;
+        let replaced = self.subscribers.insert(
             msg.session,
             Subscriber {
                 since_ms: protocol::now_ms(),
@@ -474,7 +486,10 @@ impl Handler<Subscribe> for ChannelActor {
                 }),
             },
         );
-        Stats::gauge(&self.node.stats.subscriptions, 1);
+        match replaced {
+            Some(old) => self.per_encoding[encoding_slot(old.encoding)] -= 1,
+            None => Stats::gauge(&self.node.stats.subscriptions, 1),
+        }
         if outbox.try_send(frame).is_err() {
             self.remove_subscriber(&session, false);
             evict.do_send(Evict {

@@ -1,7 +1,7 @@
 //! Server frames and their encoding. Every frame gets `v`, `type` and `ts` here, in one place.
 
-use bytes::Bytes;
-use bytestring::ByteString;
+use actix_http::ws::{OpCode, Parser};
+use bytes::{Bytes, BytesMut};
 use rmpv::Value;
 use serde::Serialize;
 
@@ -10,28 +10,54 @@ use super::{now_ms, Encoding, ErrorCode, VERSION};
 
 /// One encoded frame, ready for the socket. Cloning is cheap (shared buffers), so a message encoded once
 /// can go to many subscribers.
+///
+/// Data frames are whole WebSocket frames, header included. Server frames are unmasked, so the bytes on the
+/// wire are the same for every connection: a channel frames a message once per encoding and each
+/// subscriber's writer hands out the same shared bytes, with no per-connection encoding or copy.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outgoing {
-    Text(ByteString),
-    Binary(Bytes),
+    /// A complete WebSocket text or binary frame.
+    Frame(WsFrame),
     /// WebSocket ping (heartbeat).
     Ping,
     /// WebSocket pong answering a client ping, with its payload.
     Pong(Bytes),
 }
 
-impl Outgoing {
-    /// Payload size in bytes.
-    pub fn len(&self) -> usize {
-        match self {
-            Outgoing::Text(t) => t.len(),
-            Outgoing::Binary(b) | Outgoing::Pong(b) => b.len(),
-            Outgoing::Ping => 0,
+/// A complete, unmasked WebSocket data frame: header, then payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WsFrame {
+    wire: Bytes,
+    header: usize,
+}
+
+impl WsFrame {
+    fn new(op: OpCode, payload: &[u8]) -> WsFrame {
+        let mut wire = BytesMut::with_capacity(payload.len() + 10);
+        Parser::write_message(&mut wire, payload, op, true, false);
+        WsFrame {
+            header: wire.len() - payload.len(),
+            wire: wire.freeze(),
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// A text frame (`payload` must be UTF-8; every caller passes JSON or an echoed text message).
+    pub fn text(payload: &[u8]) -> WsFrame {
+        WsFrame::new(OpCode::Text, payload)
+    }
+
+    pub fn binary(payload: &[u8]) -> WsFrame {
+        WsFrame::new(OpCode::Binary, payload)
+    }
+
+    /// The bytes to write to the socket.
+    pub fn wire(&self) -> &Bytes {
+        &self.wire
+    }
+
+    /// The frame's payload (the encoded server frame).
+    pub fn payload(&self) -> &[u8] {
+        &self.wire[self.header..]
     }
 }
 
@@ -127,8 +153,8 @@ pub fn encode(encoding: Encoding, frame: &ServerFrame<'_>) -> Result<Outgoing, E
         frame,
     };
     Ok(match encoding {
-        Encoding::Json => Outgoing::Text(ByteString::from(serde_json::to_string(&env)?)),
-        Encoding::Msgpack => Outgoing::Binary(Bytes::from(rmp_serde::to_vec_named(&env)?)),
+        Encoding::Json => Outgoing::Frame(WsFrame::text(&serde_json::to_vec(&env)?)),
+        Encoding::Msgpack => Outgoing::Frame(WsFrame::binary(&rmp_serde::to_vec_named(&env)?)),
     })
 }
 
@@ -182,18 +208,20 @@ mod tests {
             data: &data,
             from: None,
         });
-        let Outgoing::Text(t) = encode(Encoding::Json, &frame).unwrap() else {
+        let Outgoing::Frame(t) = encode(Encoding::Json, &frame).unwrap() else {
             panic!()
         };
-        let j: serde_json::Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(t.wire()[0], 0x81, "FIN + text opcode");
+        let j: serde_json::Value = serde_json::from_slice(t.payload()).unwrap();
         assert_eq!(j["v"], 1);
         assert_eq!(j["type"], "message");
         assert!(j["ts"].as_u64().unwrap() > 0);
         assert_eq!(j["data"]["k"], serde_json::json!([1, 2]));
-        let Outgoing::Binary(b) = encode(Encoding::Msgpack, &frame).unwrap() else {
+        let Outgoing::Frame(b) = encode(Encoding::Msgpack, &frame).unwrap() else {
             panic!()
         };
-        let m = rmpv::decode::read_value(&mut &b[..]).unwrap();
+        assert_eq!(b.wire()[0], 0x82, "FIN + binary opcode");
+        let m = rmpv::decode::read_value(&mut b.payload()).unwrap();
         let get = |name: &str| {
             m.as_map()
                 .unwrap()
@@ -203,6 +231,22 @@ mod tests {
         };
         assert_eq!(get("type"), Some(Value::from("message")));
         assert_eq!(get("offset"), Some(Value::from(5)));
+    }
+
+    #[test]
+    fn frames_carry_the_right_header_at_each_length_boundary() {
+        // RFC 6455 5.2: 7-bit length up to 125, 16-bit after 126 up to 65535, 64-bit after 127 beyond.
+        for (len, header) in [(0, 2), (125, 2), (126, 4), (65535, 4), (65536, 10)] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let f = WsFrame::binary(&payload);
+            assert_eq!(f.wire().len(), len + header, "length {len}");
+            assert_eq!(f.payload(), &payload[..], "length {len}");
+            assert_eq!(f.wire()[0], 0x82);
+            assert_eq!(f.wire()[1] & 0x80, 0, "server frames are unmasked");
+        }
+        let t = WsFrame::text("héllo".as_bytes());
+        assert_eq!(t.wire()[0], 0x81);
+        assert_eq!(t.payload(), "héllo".as_bytes());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{protocol_close, writer};
 use crate::node::Node;
-use crate::protocol::{CloseCode, Outgoing};
+use crate::protocol::{CloseCode, Outgoing, WsFrame};
 
 struct Echo {
     outbox: mpsc::Sender<Outgoing>,
@@ -47,8 +47,12 @@ impl Actor for Echo {
 impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Echo {
     fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Self::Context) {
         match item {
-            Ok(AggregatedMessage::Text(t)) => self.push(Outgoing::Text(t), ctx),
-            Ok(AggregatedMessage::Binary(b)) => self.push(Outgoing::Binary(b), ctx),
+            Ok(AggregatedMessage::Text(t)) => {
+                self.push(Outgoing::Frame(WsFrame::text(t.as_bytes())), ctx)
+            }
+            Ok(AggregatedMessage::Binary(b)) => {
+                self.push(Outgoing::Frame(WsFrame::binary(&b)), ctx)
+            }
             Ok(AggregatedMessage::Ping(p)) => self.push(Outgoing::Pong(p), ctx),
             Ok(AggregatedMessage::Pong(_)) => {}
             Ok(AggregatedMessage::Close(reason)) => {

@@ -94,7 +94,10 @@ impl Session {
             outbox: tx,
             closer: Some(close_tx),
             subscriptions: HashMap::new(),
-            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            limiter: RateLimiter::direct_with_clock(
+                Quota::per_second(rate).allow_burst(burst),
+                node.clock.clone(),
+            ),
             bad_frames: 0,
             last_seen: Instant::now(),
             opened: Instant::now(),
@@ -176,9 +179,7 @@ impl Session {
         if let Err(wait) = self.limiter.check() {
             Stats::add(&self.node.stats.rate_limited, 1);
             let retry = wait
-                .wait_time_from(governor::clock::Clock::now(
-                    &governor::clock::DefaultClock::default(),
-                ))
+                .wait_time_from(governor::clock::Clock::now(&self.node.clock))
                 .as_millis() as u64;
             let id = crate::protocol::decode_request(bytes, self.encoding, &self.limits())
                 .ok()

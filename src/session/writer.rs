@@ -2,11 +2,13 @@
 //!
 //! Everything a connection sends goes through its bounded outbox, filled with `try_send` by the session
 //! actor and by channel actors, so nobody ever awaits a socket on their own thread. The HTTP layer polls
-//! this body whenever it has room to write; each poll takes every frame that is queued (up to
-//! [`MAX_CHUNK`] bytes), encodes them as WebSocket frames into one buffer, and hands that over as one chunk,
-//! which leaves in one write. There is no task in between and no second queue: one hop and one wake-up
-//! from outbox to socket. A close request takes priority over queued frames, so a slow consumer is not
-//! made to read its backlog before it learns it is being cut off.
+//! this body whenever it has room to write and keeps polling until its write buffer holds
+//! [`crate::server::WRITE_BUFFER`] bytes, so frames queued together leave in one write. Data frames arrive
+//! already framed (see [`crate::protocol::WsFrame`]): a poll hands out the shared bytes of the next frame, in
+//! slices of at most [`MAX_CHUNK`], with no encoding and no copy here. There is no task in between and no
+//! second queue: one hop and one wake-up from outbox to socket. A close request takes priority over queued
+//! frames (only a frame already partly handed out is finished first), so a slow consumer is not made to
+//! read its backlog before it learns it is being cut off.
 //!
 //! actix-ws still parses the incoming side. Its own response body is kept (never polled) only because
 //! dropping it is how its message stream learns that the connection is gone.
@@ -15,16 +17,17 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use actix_codec::Encoder;
-use actix_http::ws::{CloseCode as WsCloseCode, CloseReason, Codec, Message};
+use actix_http::ws::{CloseCode as WsCloseCode, CloseReason, OpCode, Parser};
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::Outgoing;
 
-/// Most bytes encoded into one chunk before it is handed to the HTTP layer.
-pub const MAX_CHUNK: usize = 64 * 1024;
+/// Most bytes handed to the HTTP layer in one chunk. A larger frame leaves in zero-copy slices, so that
+/// actix-http's write buffer (which it keeps for the life of a connection while it stays under 128 KiB)
+/// grows to at most [`crate::server::WRITE_BUFFER`] plus this after a burst of large messages.
+pub const MAX_CHUNK: usize = 8 * 1024;
 
 /// Applies the frame-size limit to actix-ws's incoming side and aggregates continuation frames.
 pub fn limited(
@@ -59,8 +62,10 @@ pub struct CloseRequest {
 pub struct OutboxBody {
     outbox: mpsc::Receiver<Outgoing>,
     close: oneshot::Receiver<CloseRequest>,
-    codec: Codec,
-    buf: BytesMut,
+    /// What is left of the frame being handed out. A frame is never interrupted, not even by a close.
+    rest: Bytes,
+    /// The last frames (`disconnect`, then close), written once `rest` is empty.
+    last: Option<Bytes>,
     closing: bool,
     /// actix-ws's body, held so that dropping ours tells its message stream the connection ended.
     _ws_body: BoxBody,
@@ -75,42 +80,48 @@ impl OutboxBody {
         OutboxBody {
             outbox,
             close,
-            codec: Codec::new(),
-            buf: BytesMut::new(),
+            rest: Bytes::new(),
+            last: None,
             closing: false,
             _ws_body: ws_body,
         }
     }
 
-    fn encode(&mut self, msg: Message) {
-        // Encoding a server frame into a growable buffer cannot fail; if it ever did, the frame is dropped
-        // and the error logged rather than panicking on the I/O path.
-        if let Err(e) = self.codec.encode(msg, &mut self.buf) {
-            tracing::error!(error = %e, "websocket frame encoding failed");
+    /// The bytes on the wire for one outgoing frame.
+    fn wire(out: Outgoing, buf: &mut BytesMut) {
+        match out {
+            Outgoing::Frame(f) => buf.extend_from_slice(f.wire()),
+            Outgoing::Ping => Parser::write_message(buf, [], OpCode::Ping, true, false),
+            Outgoing::Pong(p) => Parser::write_message(buf, p, OpCode::Pong, true, false),
         }
     }
 
-    fn encode_outgoing(&mut self, out: Outgoing) {
-        let msg = match out {
-            Outgoing::Text(t) => Message::Text(t),
-            Outgoing::Binary(b) => Message::Binary(b),
-            Outgoing::Ping => Message::Ping(Bytes::new()),
-            Outgoing::Pong(p) => Message::Pong(p),
-        };
-        self.encode(msg);
+    fn wire_of(out: Outgoing) -> Bytes {
+        match out {
+            Outgoing::Frame(f) => f.wire().clone(),
+            other => {
+                let mut buf = BytesMut::new();
+                Self::wire(other, &mut buf);
+                buf.freeze()
+            }
+        }
     }
 
-    fn encode_close(&mut self, req: Option<CloseRequest>) {
+    /// Queues the last frames and stops taking frames from the outbox (whatever is still queued there is
+    /// dropped with it).
+    fn start_close(&mut self, req: Option<CloseRequest>) {
+        let mut buf = BytesMut::new();
         let reason = req.map(|req| {
             if let Some(last) = req.last {
-                self.encode_outgoing(last);
+                Self::wire(last, &mut buf);
             }
             CloseReason {
                 code: WsCloseCode::from(req.code),
                 description: Some(req.reason),
             }
         });
-        self.encode(Message::Close(reason));
+        Parser::write_close(&mut buf, reason, false);
+        self.last = Some(buf.freeze());
         self.closing = true;
     }
 }
@@ -129,32 +140,30 @@ impl MessageBody for OutboxBody {
         let this = self.get_mut();
         if !this.closing {
             match Pin::new(&mut this.close).poll(cx) {
-                // Close now: drop whatever is still queued.
-                Poll::Ready(Ok(req)) => {
-                    this.buf.clear();
-                    this.encode_close(Some(req));
-                }
+                Poll::Ready(Ok(req)) => this.start_close(Some(req)),
                 // The session actor is gone without asking (the peer went away): close plainly.
-                Poll::Ready(Err(_)) => this.encode_close(None),
+                Poll::Ready(Err(_)) => this.start_close(None),
                 Poll::Pending => {}
             }
         }
-        while !this.closing && this.buf.len() < MAX_CHUNK {
-            match this.outbox.poll_recv(cx) {
-                Poll::Ready(Some(out)) => this.encode_outgoing(out),
-                Poll::Ready(None) => this.encode_close(None),
-                Poll::Pending => break,
+        if this.rest.is_empty() {
+            if this.closing {
+                match this.last.take() {
+                    Some(last) => this.rest = last,
+                    None => return Poll::Ready(None),
+                }
+            } else {
+                match this.outbox.poll_recv(cx) {
+                    Poll::Ready(Some(out)) => this.rest = Self::wire_of(out),
+                    Poll::Ready(None) => {
+                        this.start_close(None);
+                        this.rest = this.last.take().unwrap_or_default();
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
             }
         }
-        if !this.buf.is_empty() {
-            // Hand the whole allocation over with the chunk (not `split`, which would keep the rest of
-            // it, however large a burst made it, alive in `buf`): an idle connection holds no buffer.
-            let chunk = std::mem::take(&mut this.buf).freeze();
-            return Poll::Ready(Some(Ok(chunk)));
-        }
-        if this.closing {
-            return Poll::Ready(None);
-        }
-        Poll::Pending
+        let n = this.rest.len().min(MAX_CHUNK);
+        Poll::Ready(Some(Ok(this.rest.split_to(n))))
     }
 }
