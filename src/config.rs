@@ -72,6 +72,8 @@ pub struct SessionConfig {
     pub heartbeat_timeout_ms: u64,
     /// Frames a session may have queued for its socket; a full outbox means a slow consumer (close 4001).
     pub outbox_capacity: usize,
+    /// Bytes of frames gathered per socket write; also the largest slice of a frame handed over at once.
+    pub write_buffer_bytes: usize,
     /// Time a client has to send its complete handshake request; slower ones get 408.
     pub handshake_timeout_ms: u64,
 }
@@ -250,6 +252,7 @@ impl Default for SessionConfig {
             heartbeat_ms: 25_000,
             heartbeat_timeout_ms: 60_000,
             outbox_capacity: 1024,
+            write_buffer_bytes: 4096,
             handshake_timeout_ms: 5_000,
         }
     }
@@ -400,6 +403,12 @@ impl Config {
         }
         if self.session.outbox_capacity < 16 {
             return bad("session.outbox_capacity", "must be at least 16");
+        }
+        if !(512..=1 << 20).contains(&self.session.write_buffer_bytes) {
+            return bad(
+                "session.write_buffer_bytes",
+                "must be between 512 and 1048576",
+            );
         }
         if self.limits.max_frame_bytes < 1024 {
             return bad("limits.max_frame_bytes", "must be at least 1024");

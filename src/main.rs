@@ -8,6 +8,20 @@ use clap::{Parser, Subcommand};
 use herald::config::{CliOverrides, Config};
 use herald::server::{self, Listeners};
 
+/// jemalloc instead of glibc's malloc, for memory that comes back after bursts: with glibc an idle
+/// connection kept what a burst of large messages made its buffers grow to (S1 in docs/benchmarks.md);
+/// jemalloc's background thread returns freed pages to the OS within about a second.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's start-up options (read before `main`): purge freed pages from a background thread, after
+/// 1 s, instead of only when the allocating thread happens to allocate again (an idle server never does).
+/// `_RJEM_MALLOC_CONF` in the environment overrides it.
+/// jemalloc reads a C `const char *`, hence a pointer-sized static to a NUL-terminated string.
+#[export_name = "_rjem_malloc_conf"]
+pub static MALLOC_CONF: Option<&'static u8> =
+    Some(&b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0]);
+
 #[derive(Parser)]
 #[command(
     name = "herald",

@@ -116,13 +116,6 @@ pub async fn run(
     run_with(listeners, config, shutdown, |_| {}).await
 }
 
-/// How many bytes of queued frames actix-http gathers before it writes them to a client socket (its
-/// default is 32 KiB). actix-http keeps this buffer for the whole life of a connection once it has grown,
-/// unless it grew past 128 KiB, so its high-water mark is memory an idle connection holds after a burst:
-/// with this size and [`session::writer::MAX_CHUNK`] it stays at or under 16 KiB (it was ~110 KB after a
-/// burst of 30 KB messages with the defaults). 8 KiB is still a hundred small frames per write.
-pub const WRITE_BUFFER: usize = 8 * 1024;
-
 /// Like [`run`], and calls `on_ready` with the node's state once it accepts connections.
 pub async fn run_with(
     listeners: Listeners,
@@ -167,7 +160,9 @@ pub async fn run_with(
     .client_disconnect_timeout(Duration::ZERO)
     // Small frames must not wait for Nagle + delayed ACK (up to 40 ms per stall).
     .tcp_nodelay(true)
-    .h1_write_buffer_size(WRITE_BUFFER)
+    // Frames are gathered up to `session.write_buffer_bytes` per write; the body hands out at most as much
+    // at once (see `session::writer`), so actix-http's buffer stays within its initial 8 KiB.
+    .h1_write_buffer_size(node.config.session.write_buffer_bytes)
     .client_request_timeout(Duration::from_millis(
         node.config.session.handshake_timeout_ms,
     ))

@@ -96,5 +96,10 @@ pub async fn route(
             closer: Some(close_tx),
         }
     });
-    Ok(writer::attach(response, rx, close_rx))
+    Ok(writer::attach(
+        response,
+        rx,
+        close_rx,
+        node.config.session.write_buffer_bytes,
+    ))
 }

@@ -144,11 +144,12 @@ pub async fn route(
     // We write through our own body (see `writer`), not through actix-ws's `Session`.
     drop(ws);
     let stream = writer::limited(stream, node.config.limits.max_frame_bytes);
+    let max_chunk = node.config.session.write_buffer_bytes;
     let peer = req.peer_addr();
     let (session, outbox, close) = Session::new(node, encoding, claims, ticket, peer);
     Session::create(move |ctx| {
         ctx.add_stream(stream);
         session
     });
-    Ok(writer::attach(response, outbox, close))
+    Ok(writer::attach(response, outbox, close, max_chunk))
 }

@@ -3,9 +3,12 @@
 //! Everything a connection sends goes through its bounded outbox, filled with `try_send` by the session
 //! actor and by channel actors, so nobody ever awaits a socket on their own thread. The HTTP layer polls
 //! this body whenever it has room to write and keeps polling until its write buffer holds
-//! [`crate::server::WRITE_BUFFER`] bytes, so frames queued together leave in one write. Data frames arrive
-//! already framed (see [`crate::protocol::WsFrame`]): a poll hands out the shared bytes of the next frame, in
-//! slices of at most [`MAX_CHUNK`], with no encoding and no copy here. There is no task in between and no
+//! `session.write_buffer_bytes`, so frames queued together leave in one write. Data frames arrive already
+//! framed (see [`crate::protocol::WsFrame`]): a poll hands out the shared bytes of the next frame, in slices
+//! of at most `session.write_buffer_bytes`, with no encoding and no copy here. actix-http keeps a
+//! connection's write buffer at the largest size it ever reached (up to 128 KiB); since it stops polling
+//! once it holds `write_buffer_bytes` and a slice adds at most as much again, the default of 4 KiB never
+//! grows it past its initial 8 KiB, and a burst of large messages leaves nothing behind. There is no task in between and no
 //! second queue: one hop and one wake-up from outbox to socket. A close request takes priority over queued
 //! frames (only a frame already partly handed out is finished first), so a slow consumer is not made to
 //! read its backlog before it learns it is being cut off.
@@ -24,11 +27,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::Outgoing;
 
-/// Most bytes handed to the HTTP layer in one chunk. A larger frame leaves in zero-copy slices, so that
-/// actix-http's write buffer (which it keeps for the life of a connection while it stays under 128 KiB)
-/// grows to at most [`crate::server::WRITE_BUFFER`] plus this after a burst of large messages.
-pub const MAX_CHUNK: usize = 8 * 1024;
-
 /// Applies the frame-size limit to actix-ws's incoming side and aggregates continuation frames.
 pub fn limited(
     stream: actix_ws::MessageStream,
@@ -45,9 +43,10 @@ pub fn attach(
     response: actix_web::HttpResponse,
     outbox: mpsc::Receiver<Outgoing>,
     close: oneshot::Receiver<CloseRequest>,
+    max_chunk: usize,
 ) -> actix_web::HttpResponse {
     response
-        .map_body(|_, ws_body| OutboxBody::new(ws_body, outbox, close))
+        .map_body(|_, ws_body| OutboxBody::new(ws_body, outbox, close, max_chunk))
         .map_into_boxed_body()
 }
 
@@ -67,6 +66,8 @@ pub struct OutboxBody {
     /// The last frames (`disconnect`, then close), written once `rest` is empty.
     last: Option<Bytes>,
     closing: bool,
+    /// Most bytes handed out per poll (`session.write_buffer_bytes`).
+    max_chunk: usize,
     /// actix-ws's body, held so that dropping ours tells its message stream the connection ended.
     _ws_body: BoxBody,
 }
@@ -76,6 +77,7 @@ impl OutboxBody {
         ws_body: BoxBody,
         outbox: mpsc::Receiver<Outgoing>,
         close: oneshot::Receiver<CloseRequest>,
+        max_chunk: usize,
     ) -> Self {
         OutboxBody {
             outbox,
@@ -83,6 +85,7 @@ impl OutboxBody {
             rest: Bytes::new(),
             last: None,
             closing: false,
+            max_chunk: max_chunk.max(1),
             _ws_body: ws_body,
         }
     }
@@ -163,7 +166,7 @@ impl MessageBody for OutboxBody {
                 }
             }
         }
-        let n = this.rest.len().min(MAX_CHUNK);
+        let n = this.rest.len().min(this.max_chunk);
         Poll::Ready(Some(Ok(this.rest.split_to(n))))
     }
 }
