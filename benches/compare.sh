@@ -105,6 +105,11 @@ case " $SERVERS " in *" ws "*|*" sio "*)
 ;; esac
 
 # ---- servers
+# herald runs as in production: anonymous connections are refused and every client presents a JWT (HS256,
+# in the `token` query parameter) that herald verifies at the handshake, so S4 measures "connect, JWT,
+# subscribe". One token (user `bench`) serves every connection, hence the per-user limit is raised.
+JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+TOKEN=""
 # start_server NAME: sets SPID, URL, PROTO
 start_server() {
   local name=$1 log="$OUT/logs/$1-$(date +%s%N).log" cmd
@@ -115,7 +120,8 @@ start_server() {
       # The per-connection rate limit would throttle the benchmark publisher, and the default
       # history_size (1000) is smaller than the replay scenario's message count.
       # The churn scenario opens up to 10k connects/s from one address (default limit 5,000/s per IP).
-      (cd "$SCRATCH" && exec env HERALD_LIMITS__CONNECTS_PER_SECOND_PER_IP=1000000 \
+      (cd "$SCRATCH" && exec env HERALD_AUTH__HMAC_SECRET="$JWT_SECRET" HERALD_AUTH__ANONYMOUS=false \
+        HERALD_LIMITS__MAX_CONNECTIONS_PER_USER=1000000 HERALD_LIMITS__CONNECTS_PER_SECOND_PER_IP=1000000 \
         HERALD_LIMITS__MAX_CONNECTIONS_PER_IP=1000000 HERALD_LIMITS__MESSAGES_PER_SECOND=100000000 HERALD_LIMITS__MESSAGES_BURST=100000000 \
         HERALD_NAMESPACES__DEFAULT__HISTORY_SIZE=1000000 \
         RUST_LOG=${RUST_LOG:-warn} "$TARGET/release/herald" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
@@ -136,6 +142,12 @@ start_server() {
   done
   if [ -z "$addr" ]; then echo "server $name did not start; log:" >&2; cat "$log" >&2; exit 1; fi
   if [ "$PROTO" = sio ]; then URL="ws://$addr/socket.io/?EIO=4&transport=websocket"; else URL="ws://$addr/ws"; fi
+  if [ "$name" = herald ]; then
+    if [ -z "$TOKEN" ]; then
+      TOKEN=$(cd "$SCRATCH" && HERALD_AUTH__HMAC_SECRET="$JWT_SECRET" "$TARGET/release/herald" token --sub bench --ttl 7d)
+    fi
+    URL="$URL?token=$TOKEN"
+  fi
 }
 
 stop_server() {
