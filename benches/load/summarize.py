@@ -34,6 +34,17 @@ def best_step(run):
     return max(ok, key=lambda s: s.get("deliveries_per_s", 0))
 
 
+def half_step(run):
+    """The step closest to 50% of the run's saturation (its best deliveries/s within the limit), for the
+    issue's "latency at 50% of saturation"."""
+    best = best_step(run)
+    target = 0.5 * (best.get("deliveries_per_s") or 0)
+    steps = [s for s in run.get("steps") or [] if s.get("deliveries_per_s")]
+    if not steps or target <= 0:
+        return {}
+    return min(steps, key=lambda s: abs(s["deliveries_per_s"] - target))
+
+
 # (name, extractor, higher_is_better); the first metric picks the median run for the plots.
 METRICS = {
     "fanout": [
@@ -42,6 +53,11 @@ METRICS = {
         ("p99 ms @best", lambda r: get(best_step(r), "latency.p99_ms"), False),
         ("p99.9 ms @best", lambda r: get(best_step(r), "latency.p999_ms"), False),
         ("server CPU-s per 1M deliveries @best", lambda r: best_step(r).get("server_cpu_s_per_million_deliveries"), False),
+        ("deliveries/s @~50% sat", lambda r: half_step(r).get("deliveries_per_s"), None),
+        ("p50 ms @~50% sat", lambda r: get(half_step(r), "latency.p50_ms"), False),
+        ("p99 ms @~50% sat", lambda r: get(half_step(r), "latency.p99_ms"), False),
+        ("p99.9 ms @~50% sat", lambda r: get(half_step(r), "latency.p999_ms"), False),
+        ("server CPU-s per 1M @~50% sat", lambda r: half_step(r).get("server_cpu_s_per_million_deliveries"), False),
         ("generator recv-thread util @best", lambda r: best_step(r).get("generator_recv_thread_util"), None),
         ("generator CPU-s @best", lambda r: best_step(r).get("generator_cpu_s"), None),
     ],

@@ -170,3 +170,100 @@ impl MessageBody for OutboxBody {
         Poll::Ready(Some(Ok(this.rest.split_to(n))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::WsFrame;
+
+    fn body(
+        max_chunk: usize,
+    ) -> (
+        OutboxBody,
+        mpsc::Sender<Outgoing>,
+        oneshot::Sender<CloseRequest>,
+    ) {
+        let (tx, rx) = mpsc::channel(16);
+        let (close_tx, close_rx) = oneshot::channel();
+        let b = OutboxBody::new(BoxBody::new(()), rx, close_rx, max_chunk);
+        (b, tx, close_tx)
+    }
+
+    /// Polls until the body is pending or ends; returns the bytes and whether it ended.
+    fn drain(b: &mut OutboxBody) -> (Vec<u8>, Vec<usize>, bool) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let (mut out, mut sizes) = (Vec::new(), Vec::new());
+        loop {
+            match Pin::new(&mut *b).poll_next(&mut cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    sizes.push(chunk.len());
+                    out.extend_from_slice(&chunk);
+                }
+                Poll::Ready(Some(Err(e))) => panic!("body error: {e}"),
+                Poll::Ready(None) => return (out, sizes, true),
+                Poll::Pending => return (out, sizes, false),
+            }
+        }
+    }
+
+    #[test]
+    fn frames_leave_whole_in_order_and_in_slices_of_at_most_max_chunk() {
+        let (mut b, tx, _close) = body(1000);
+        let big = WsFrame::text(&[b'x'; 2500]);
+        let small = WsFrame::text(b"hi");
+        tx.try_send(Outgoing::Frame(big.clone())).unwrap();
+        tx.try_send(Outgoing::Frame(small.clone())).unwrap();
+        let (bytes, sizes, ended) = drain(&mut b);
+        assert!(!ended);
+        assert!(sizes.iter().all(|&n| n <= 1000), "{sizes:?}");
+        assert_eq!(bytes, [big.wire().as_ref(), small.wire().as_ref()].concat());
+    }
+
+    #[test]
+    fn a_close_finishes_the_frame_in_progress_drops_the_queue_and_ends_with_close() {
+        let (mut b, tx, close) = body(1000);
+        let big = WsFrame::text(&[b'y'; 2500]);
+        tx.try_send(Outgoing::Frame(big.clone())).unwrap();
+        tx.try_send(Outgoing::Frame(WsFrame::text(b"queued")))
+            .unwrap();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // Hand out the first slice of the big frame, then ask to close.
+        let Poll::Ready(Some(Ok(first))) = Pin::new(&mut b).poll_next(&mut cx) else {
+            panic!("expected a chunk")
+        };
+        let last = WsFrame::text(b"bye");
+        close
+            .send(CloseRequest {
+                last: Some(Outgoing::Frame(last.clone())),
+                code: 4001,
+                reason: "slow".into(),
+            })
+            .map_err(|_| ())
+            .unwrap();
+        let (rest, _, ended) = drain(&mut b);
+        assert!(ended, "the body ends after the close frame");
+        let all = [first.as_ref(), &rest].concat();
+        // The big frame whole, then `disconnect`, then a close frame with 4001; the queued frame is dropped.
+        let tail = &all[big.wire().len()..];
+        assert_eq!(&all[..big.wire().len()], big.wire().as_ref());
+        assert_eq!(&tail[..last.wire().len()], last.wire().as_ref());
+        let close_frame = &tail[last.wire().len()..];
+        assert_eq!(close_frame[0], 0x88, "FIN + close opcode");
+        assert_eq!(&close_frame[2..4], &4001u16.to_be_bytes());
+        assert_eq!(&close_frame[4..], b"slow");
+    }
+
+    #[test]
+    fn control_frames_and_a_closed_outbox() {
+        let (mut b, tx, _close) = body(4096);
+        tx.try_send(Outgoing::Ping).unwrap();
+        tx.try_send(Outgoing::Pong(Bytes::from_static(b"p")))
+            .unwrap();
+        drop(tx);
+        let (bytes, _, ended) = drain(&mut b);
+        assert!(ended, "a closed outbox ends the body with a close frame");
+        assert_eq!(&bytes[..2], &[0x89, 0x00], "ping");
+        assert_eq!(&bytes[2..5], &[0x8a, 0x01, b'p'], "pong");
+        assert_eq!(&bytes[5..], &[0x88, 0x00], "plain close");
+    }
+}

@@ -97,7 +97,18 @@ fn main() {
         b.worker_threads(args.threads);
     }
     b.enable_all().build().unwrap().block_on(async move {
-        let listener = TcpListener::bind(&args.listen).await.expect("bind");
+        // An accept queue of 1024, as herald's `server.backlog` (std and tokio's `bind` ask for 128, which
+        // overflows under a few thousand connects/s and turns into 1 s SYN retries).
+        let addr: std::net::SocketAddr = args.listen.parse().expect("--listen must be IP:PORT");
+        let sock = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .expect("socket");
+        sock.set_reuseaddr(true).expect("SO_REUSEADDR");
+        sock.bind(addr).expect("bind");
+        let listener: TcpListener = sock.listen(1024).expect("listen");
         println!("listening ws={}", listener.local_addr().unwrap());
         std::io::stdout().flush().ok();
         let reg = Arc::new(Registry::default());
