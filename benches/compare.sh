@@ -4,13 +4,13 @@
 #   benches/compare.sh [--quick|--full] [--reps N] [--servers "herald baseline ws sio"]
 #                      [--scenarios "fanout idle churn replay"] [--out DIR] [--no-build]
 #
-# Three sizes: --quick (a few minutes, smoke test), the default (about 25 minutes on 2 cores: S1 at 5k
+# Three sizes: --quick (a few minutes, smoke test), the default (about 30 minutes on 2 cores: S1 at 5k
 # connections x3 and 19k x1 with 20 s rest after the burst, S2 at 1k subscribers 64 B and 1 KiB with 2 s
-# steps, S4 stepped 500..10000 connects/s for 3 s each with 1-2 s holds, S6 1k/10k/100k missed messages),
+# steps, S4 stepped 500..10000 connects/s for 10 s each with 1-5 s holds, S6 1k/10k/100k missed messages),
 # and --full (the issue's exact sizes: 60 s rest, 19k x3, 10k subscribers too, 5 s steps, 1-5 s holds,
 # 20 s churn steps; well over an hour). Any parameter can be overridden from the environment, e.g.
 # `FANOUT_RATES=1000,2000 CHURN_RATES="1000 5000" benches/compare.sh --scenarios "fanout churn"`:
-# FANOUT_SUBS FANOUT_SIZES FANOUT_RATES STEP WARM IDLE_SIZES IDLE_REST IDLE_BIG_REPS CHURN_RATES
+# REPS FANOUT_SUBS FANOUT_SIZES FANOUT_RATES STEP WARM IDLE_SIZES IDLE_REST IDLE_BIG_REPS CHURN_RATES
 # CHURN_SECS CHURN_HOLD REPLAY_SIZES FANOUT_P99_LIMIT_MS (default 100; raise it, e.g. to 1000, on a loaded
 # machine to find the throughput ceiling rather than the latency-bound one).
 #
@@ -34,7 +34,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 QUICK=0
-REPS=""
+REPS="${REPS:-}"
 SERVERS="herald baseline ws sio"
 SCENARIOS="fanout idle churn replay"
 OUT=""
@@ -85,7 +85,7 @@ else
   : "${FANOUT_SUBS:=1000}" "${FANOUT_SIZES:=64 1024}" "${STEP:=2}" "${WARM:=0.5}"
   : "${FANOUT_RATES:=100,200,300,500,1000,2000,3000,4000,5000,7000,10000}"
   : "${IDLE_SIZES:=5000 19000}" "${IDLE_REST:=20}" "${IDLE_BIG_REPS:=1}"
-  : "${CHURN_RATES:=500 1000 2000 5000 10000}" "${CHURN_SECS:=3}" "${CHURN_HOLD:=1 2}"
+  : "${CHURN_RATES:=500 1000 2000 3000 4000 5000 7000 10000}" "${CHURN_SECS:=10}" "${CHURN_HOLD:=1 5}"
   : "${REPLAY_SIZES:=1000 10000 100000}"
 fi
 read -r HOLD_MIN HOLD_MAX <<<"$CHURN_HOLD"
