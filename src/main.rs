@@ -16,8 +16,8 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's start-up options (read before `main`): purge freed pages from a background thread, after
 /// 1 s, instead of only when the allocating thread happens to allocate again (an idle server never does).
-/// `_RJEM_MALLOC_CONF` in the environment overrides it.
-/// jemalloc reads a C `const char *`, hence a pointer-sized static to a NUL-terminated string.
+/// `_RJEM_MALLOC_CONF` in the environment overrides it. jemalloc reads this symbol as a C `const char *`,
+/// hence a pointer-sized static pointing at a NUL-terminated string.
 #[export_name = "_rjem_malloc_conf"]
 pub static MALLOC_CONF: Option<&'static u8> =
     Some(&b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0]);
