@@ -1,6 +1,6 @@
 //! Server frames and their encoding. Every frame gets `v`, `type` and `ts` here, in one place.
 
-use actix_http::ws::{OpCode, Parser};
+use actix_http::ws::{CloseCode as WsCloseCode, CloseReason, OpCode, Parser};
 use bytes::{Bytes, BytesMut};
 use rmpv::Value;
 use serde::Serialize;
@@ -22,6 +22,28 @@ pub enum Outgoing {
     Ping,
     /// WebSocket pong answering a client ping, with its payload.
     Pong(Bytes),
+}
+
+impl Outgoing {
+    /// The bytes on the wire: the shared frame, or a freshly framed ping/pong.
+    pub fn into_wire(self) -> Bytes {
+        match self {
+            Outgoing::Frame(f) => f.wire,
+            Outgoing::Ping => WsFrame::new(OpCode::Ping, &[]).wire,
+            Outgoing::Pong(p) => WsFrame::new(OpCode::Pong, &p).wire,
+        }
+    }
+}
+
+/// The bytes of a WebSocket close frame: status code and reason, or no payload at all.
+pub fn close_frame(reason: Option<(u16, &str)>) -> Bytes {
+    let mut wire = BytesMut::new();
+    let reason = reason.map(|(code, text)| CloseReason {
+        code: WsCloseCode::from(code),
+        description: Some(text.to_string()),
+    });
+    Parser::write_close(&mut wire, reason, false);
+    wire.freeze()
 }
 
 /// A complete, unmasked WebSocket data frame: header, then payload.

@@ -17,8 +17,8 @@ pub use command::{Command, Position, Request, RequestId};
 pub use decode::{decode_request, validate_channel, DecodeLimits};
 pub use error::{ErrorCode, FrameError};
 pub use frames::{
-    encode, encode_message_data, DisconnectBody, EncodeError, ErrorBody, MessageBody, Outgoing,
-    PresenceBody, ServerFrame, WelcomeBody, WsFrame,
+    close_frame, encode, encode_message_data, DisconnectBody, EncodeError, ErrorBody, MessageBody,
+    Outgoing, PresenceBody, ServerFrame, WelcomeBody, WsFrame,
 };
 
 use std::time::{SystemTime, UNIX_EPOCH};

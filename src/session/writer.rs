@@ -20,12 +20,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use actix_http::ws::{CloseCode as WsCloseCode, CloseReason, OpCode, Parser};
 use actix_web::body::{BodySize, BoxBody, MessageBody};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::protocol::Outgoing;
+use crate::protocol::{close_frame, Outgoing};
 
 /// Applies the frame-size limit to actix-ws's incoming side and aggregates continuation frames.
 pub fn limited(
@@ -90,41 +89,20 @@ impl OutboxBody {
         }
     }
 
-    /// The bytes on the wire for one outgoing frame.
-    fn wire(out: Outgoing, buf: &mut BytesMut) {
-        match out {
-            Outgoing::Frame(f) => buf.extend_from_slice(f.wire()),
-            Outgoing::Ping => Parser::write_message(buf, [], OpCode::Ping, true, false),
-            Outgoing::Pong(p) => Parser::write_message(buf, p, OpCode::Pong, true, false),
-        }
-    }
-
-    fn wire_of(out: Outgoing) -> Bytes {
-        match out {
-            Outgoing::Frame(f) => f.wire().clone(),
-            other => {
-                let mut buf = BytesMut::new();
-                Self::wire(other, &mut buf);
-                buf.freeze()
-            }
-        }
-    }
-
     /// Queues the last frames and stops taking frames from the outbox (whatever is still queued there is
     /// dropped with it).
     fn start_close(&mut self, req: Option<CloseRequest>) {
-        let mut buf = BytesMut::new();
-        let reason = req.map(|req| {
-            if let Some(last) = req.last {
-                Self::wire(last, &mut buf);
+        let close = match req {
+            Some(req) => {
+                let close = close_frame(Some((req.code, &req.reason)));
+                match req.last {
+                    Some(last) => [last.into_wire(), close].concat().into(),
+                    None => close,
+                }
             }
-            CloseReason {
-                code: WsCloseCode::from(req.code),
-                description: Some(req.reason),
-            }
-        });
-        Parser::write_close(&mut buf, reason, false);
-        self.last = Some(buf.freeze());
+            None => close_frame(None),
+        };
+        self.last = Some(close);
         self.closing = true;
     }
 }
@@ -157,7 +135,7 @@ impl MessageBody for OutboxBody {
                 }
             } else {
                 match this.outbox.poll_recv(cx) {
-                    Poll::Ready(Some(out)) => this.rest = Self::wire_of(out),
+                    Poll::Ready(Some(out)) => this.rest = out.into_wire(),
                     Poll::Ready(None) => {
                         this.start_close(None);
                         this.rest = this.last.take().unwrap_or_default();
