@@ -29,17 +29,26 @@ pub enum AuthError {
     Algorithm,
     #[error("the token claims are invalid: {0}")]
     Claims(String),
+    #[error("the token is not valid yet (nbf)")]
+    NotYetValid,
+    /// The token's algorithm is one herald supports, but this node has no key for it.
+    #[error("this node cannot verify {alg} tokens: it has no {key} configured")]
+    NoKey {
+        alg: &'static str,
+        key: &'static str,
+    },
 }
 
 impl AuthError {
     /// Every reason, in the order used by metrics.
-    pub const REASONS: [&'static str; 6] = [
+    pub const REASONS: [&'static str; 7] = [
         "missing",
         "malformed",
         "expired",
         "bad_signature",
         "bad_algorithm",
         "invalid_claims",
+        "not_yet_valid",
     ];
 
     /// Index into [`AuthError::REASONS`].
@@ -49,8 +58,9 @@ impl AuthError {
             AuthError::Malformed => 1,
             AuthError::Expired => 2,
             AuthError::BadSignature => 3,
-            AuthError::Algorithm => 4,
+            AuthError::Algorithm | AuthError::NoKey { .. } => 4,
             AuthError::Claims(_) => 5,
+            AuthError::NotYetValid => 6,
         }
     }
 
@@ -134,6 +144,8 @@ pub struct Authenticator {
     rs: Option<DecodingKey>,
     pub anonymous: bool,
     leeway: u64,
+    issuer: Option<String>,
+    audience: Option<String>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -169,6 +181,8 @@ impl Authenticator {
             rs,
             anonymous: cfg.anonymous,
             leeway: cfg.leeway_secs,
+            issuer: (!cfg.issuer.is_empty()).then(|| cfg.issuer.clone()),
+            audience: (!cfg.audience.is_empty()).then(|| cfg.audience.clone()),
         }))
     }
 
@@ -183,19 +197,43 @@ impl Authenticator {
         // The header is read only to pick which configured key to try; the key type then pins the algorithm.
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         let key = match header.alg {
-            Algorithm::HS256 => self.hs.as_ref().map(|(d, _)| d),
-            Algorithm::RS256 => self.rs.as_ref(),
-            _ => None,
-        }
-        .ok_or(AuthError::Algorithm)?;
+            Algorithm::HS256 => self.hs.as_ref().map(|(d, _)| d).ok_or(AuthError::NoKey {
+                alg: "HS256",
+                key: "auth.hmac_secret",
+            }),
+            Algorithm::RS256 => self.rs.as_ref().ok_or(AuthError::NoKey {
+                alg: "RS256",
+                key: "auth.rsa_public_key",
+            }),
+            _ => Err(AuthError::Algorithm),
+        }?;
         let mut v = Validation::new(header.alg);
         v.leeway = self.leeway;
-        v.set_required_spec_claims(&["exp", "sub"]);
-        v.validate_aud = false;
+        v.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        if let Some(iss) = &self.issuer {
+            v.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        match &self.audience {
+            Some(aud) => {
+                v.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => v.validate_aud = false,
+        }
+        v.set_required_spec_claims(&required);
         let data = jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
             ErrorKind::InvalidSignature => AuthError::BadSignature,
             ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => AuthError::Algorithm,
+            ErrorKind::InvalidIssuer => {
+                AuthError::Claims("`iss` is not the configured issuer".into())
+            }
+            ErrorKind::InvalidAudience => {
+                AuthError::Claims("`aud` does not name the configured audience".into())
+            }
             ErrorKind::Json(_) | ErrorKind::MissingRequiredClaim(_) => {
                 AuthError::Claims(e.to_string())
             }
@@ -246,6 +284,7 @@ mod tests {
             hmac_secret: secret.into(),
             rsa_public_key: String::new(),
             leeway_secs: 0,
+            ..Default::default()
         })
         .unwrap()
     }

@@ -76,6 +76,12 @@ pub struct SessionConfig {
     pub write_buffer_bytes: usize,
     /// Time a client has to send its complete handshake request; slower ones get 408.
     pub handshake_timeout_ms: u64,
+    /// Bytes of frames a session may have queued for its socket (a frame is accepted while less than this
+    /// is queued); beyond it the connection is a slow consumer (close 4001).
+    pub outbox_bytes: usize,
+    /// Commands of one session being processed at once (publish, history, presence, subscribe,
+    /// unsubscribe); at the cap the session stops reading its socket until one finishes.
+    pub max_inflight: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -105,6 +111,10 @@ pub struct LimitsConfig {
     pub max_connections_per_user: usize,
     /// New connections per second per client IP (token bucket, burst of the same size).
     pub connects_per_second_per_ip: u32,
+    /// IPv6 clients are counted per network of this prefix length (per-IP limits and connect rate).
+    pub ipv6_prefix_len: u8,
+    /// Frames refused with `rate_limited` in a row after which the connection is closed with 4007.
+    pub max_rate_limited: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -115,6 +125,9 @@ pub struct ChannelConfig {
     /// Live messages buffered for one subscriber while its replay runs; beyond it the subscriber is a slow
     /// consumer.
     pub replay_buffer: usize,
+    /// `join`/`leave` frames a channel sends per second (token bucket, burst of the same size); beyond it
+    /// they are not sent and `herald_join_leave_suppressed_total` counts them.
+    pub join_leave_per_second: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -131,6 +144,9 @@ pub struct StorageConfig {
 pub struct HistoryConfig {
     /// Largest page a `history` command returns.
     pub max_page: usize,
+    /// Largest total `data` bytes of one `history` page; a page stops early (with `next`) at this size,
+    /// but always holds at least one message.
+    pub max_page_bytes: usize,
     /// How long a publish `key` is remembered for idempotency.
     pub idempotency_window_ms: u64,
     /// How often retention (TTL) and expired idempotency keys are swept.
@@ -168,17 +184,23 @@ pub struct AuthConfig {
     pub hmac_secret: String,
     /// Path to an RSA public key (PEM) for RS256. Empty disables RS256.
     pub rsa_public_key: String,
-    /// Clock skew tolerated on `exp`, in seconds.
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     pub leeway_secs: u64,
+    /// When set, tokens must carry this `iss`.
+    pub issuer: String,
+    /// When set, tokens must carry this `aud`.
+    pub audience: String,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
-            anonymous: true,
+            anonymous: false,
             hmac_secret: String::new(),
             rsa_public_key: String::new(),
             leeway_secs: 5,
+            issuer: String::new(),
+            audience: String::new(),
         }
     }
 }
@@ -197,6 +219,8 @@ impl std::fmt::Debug for AuthConfig {
             )
             .field("rsa_public_key", &self.rsa_public_key)
             .field("leeway_secs", &self.leeway_secs)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
             .finish()
     }
 }
@@ -254,6 +278,8 @@ impl Default for SessionConfig {
             outbox_capacity: 1024,
             write_buffer_bytes: 4096,
             handshake_timeout_ms: 5_000,
+            outbox_bytes: 1 << 20,
+            max_inflight: 32,
         }
     }
 }
@@ -274,6 +300,8 @@ impl Default for LimitsConfig {
             max_connections_per_ip: 20_000,
             max_connections_per_user: 100,
             connects_per_second_per_ip: 5_000,
+            ipv6_prefix_len: 64,
+            max_rate_limited: 100,
         }
     }
 }
@@ -283,6 +311,7 @@ impl Default for ChannelConfig {
         ChannelConfig {
             idle_ms: 30_000,
             replay_buffer: 4096,
+            join_leave_per_second: 20,
         }
     }
 }
@@ -300,6 +329,7 @@ impl Default for HistoryConfig {
     fn default() -> Self {
         HistoryConfig {
             max_page: 1000,
+            max_page_bytes: 256 * 1024,
             idempotency_window_ms: 600_000,
             sweep_interval_ms: 10_000,
         }
@@ -443,6 +473,86 @@ impl Config {
         if self.history.max_page == 0 {
             return bad("history.max_page", "must be greater than 0");
         }
+        if self.history.max_page_bytes < 1024 {
+            return bad("history.max_page_bytes", "must be at least 1024");
+        }
+        if self.limits.max_publish_bytes > self.limits.max_frame_bytes {
+            return bad(
+                "limits.max_publish_bytes",
+                "must not be larger than limits.max_frame_bytes (a publish travels in one frame)",
+            );
+        }
+        // Ranges that would otherwise overflow a timer or an allocation, or hang the node.
+        let ranges: [(&str, u64, u64, u64); 13] = [
+            (
+                "server.shutdown_grace_ms",
+                self.server.shutdown_grace_ms,
+                0,
+                600_000,
+            ),
+            (
+                "storage.group_commit_ms",
+                self.storage.group_commit_ms,
+                0,
+                10_000,
+            ),
+            ("storage.cache_mb", self.storage.cache_mb, 1, 1 << 20),
+            ("auth.leeway_secs", self.auth.leeway_secs, 0, 3_600),
+            (
+                "channel.replay_buffer",
+                self.channel.replay_buffer as u64,
+                1,
+                1 << 20,
+            ),
+            (
+                "channel.join_leave_per_second",
+                self.channel.join_leave_per_second.into(),
+                1,
+                1 << 20,
+            ),
+            (
+                "limits.max_channels",
+                self.limits.max_channels as u64,
+                1,
+                u32::MAX.into(),
+            ),
+            (
+                "limits.ipv6_prefix_len",
+                self.limits.ipv6_prefix_len.into(),
+                1,
+                128,
+            ),
+            (
+                "limits.max_rate_limited",
+                self.limits.max_rate_limited.into(),
+                1,
+                u32::MAX.into(),
+            ),
+            (
+                "session.outbox_bytes",
+                self.session.outbox_bytes as u64,
+                4096,
+                1 << 30,
+            ),
+            (
+                "session.max_inflight",
+                self.session.max_inflight as u64,
+                1,
+                10_000,
+            ),
+            ("channel.idle_ms", self.channel.idle_ms, 1, 86_400_000),
+            (
+                "history.sweep_interval_ms",
+                self.history.sweep_interval_ms,
+                10,
+                86_400_000,
+            ),
+        ];
+        for (key, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return bad(key, &format!("{value} is out of range {min}..={max}"));
+            }
+        }
         for name in self.namespaces.keys() {
             if name.is_empty() || name.contains(':') {
                 return bad(&format!("namespaces.{name}"), "bad namespace name");
@@ -481,7 +591,43 @@ mod tests {
         let from_file: Config = Figment::from(Toml::file_exact(&path))
             .extract()
             .expect("config/default.toml parses");
-        assert_eq!(from_file, Config::default());
+        let mut builtin = Config::default();
+        // The one deliberate difference: the development file accepts anonymous clients.
+        assert!(
+            !builtin.auth.anonymous,
+            "the built-in default refuses anonymous clients"
+        );
+        builtin.auth.anonymous = true;
+        assert_eq!(from_file, builtin);
+    }
+
+    #[test]
+    fn values_that_overflow_or_hang_are_refused_with_their_key() {
+        type Breaker = fn(&mut Config);
+        let cases: [(&str, Breaker); 8] = [
+            ("server.shutdown_grace_ms", |c| {
+                c.server.shutdown_grace_ms = u64::MAX
+            }),
+            ("storage.group_commit_ms", |c| {
+                c.storage.group_commit_ms = u64::MAX
+            }),
+            ("storage.cache_mb", |c| c.storage.cache_mb = u64::MAX / 2),
+            ("auth.leeway_secs", |c| c.auth.leeway_secs = u64::MAX),
+            ("channel.replay_buffer", |c| c.channel.replay_buffer = 0),
+            ("limits.max_channels", |c| c.limits.max_channels = 0),
+            ("limits.max_publish_bytes", |c| {
+                c.limits.max_publish_bytes = c.limits.max_frame_bytes + 1
+            }),
+            ("session.max_inflight", |c| c.session.max_inflight = 0),
+        ];
+        for (key, break_it) in cases {
+            let mut c = Config::default();
+            c.auth.anonymous = true;
+            c.validate().expect("defaults (with anonymous) are valid");
+            break_it(&mut c);
+            let err = c.validate().expect_err(key).to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
     }
 
     #[test]

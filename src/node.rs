@@ -43,9 +43,13 @@ pub struct Stats {
     /// From a publish reaching its channel to its delivery to the outboxes (includes the flush).
     pub publish_to_deliver: Histogram,
     /// Refused handshakes and refreshes, by [`AuthError::REASONS`] index.
-    pub auth_failures: [AtomicU64; 6],
+    pub auth_failures: [AtomicU64; crate::auth::AuthError::REASONS.len()],
     /// Handshakes refused by admission control (connection limits and connect rate).
     pub connections_refused: AtomicU64,
+    /// `join`/`leave` frames not sent because their channel was over `channel.join_leave_per_second`.
+    pub join_leave_suppressed: AtomicU64,
+    /// Connections closed with 4007 for flooding after `rate_limited`.
+    pub rate_limit_closes: AtomicU64,
 }
 
 impl Default for Stats {
@@ -67,6 +71,8 @@ impl Default for Stats {
             publish_to_deliver: Histogram::new(LATENCY_BUCKETS),
             auth_failures: Default::default(),
             connections_refused: AtomicU64::new(0),
+            join_leave_suppressed: AtomicU64::new(0),
+            rate_limit_closes: AtomicU64::new(0),
         }
     }
 }

@@ -8,121 +8,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::http::{http, Resp};
 use common::*;
 use herald::auth::{Authenticator, Claims};
 use herald::config::{AuthConfig, Config};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const TOKEN: &str = "test-admin-token-0123456789";
-
-/// A parsed HTTP response.
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
-    }
-
-    /// Asserts the status and returns the JSON body.
-    fn ok(&self) -> Value {
-        assert_eq!(self.status, 200, "{}", self.body);
-        self.json()
-    }
-
-    /// Asserts an error status with the JSON error shape; returns its code.
-    fn error(&self, status: u16) -> String {
-        assert_eq!(self.status, status, "{}", self.body);
-        let v = self.json();
-        let msg = v["error"]["message"].as_str().expect("error.message");
-        assert!(!msg.is_empty());
-        v["error"]["code"].as_str().expect("error.code").to_string()
-    }
-}
-
-fn dechunk(mut body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = body.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size_line = std::str::from_utf8(&body[..eol]).unwrap();
-        let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&body[eol + 2..eol + 2 + size]);
-        body = &body[eol + 2 + size + 2..];
-    }
-}
-
-/// A minimal HTTP/1.1 client: one request per connection (`Connection: close`).
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> Resp {
-    let mut s = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr))
-        .await
-        .expect("connect timeout")
-        .expect("connect");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(t) = token {
-        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    if let Some(b) = body {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            b.len()
-        ));
-    }
-    req.push_str("\r\n");
-    if let Some(b) = body {
-        req.push_str(b);
-    }
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(TIMEOUT, s.read_to_end(&mut raw))
-        .await
-        .expect("response timeout")
-        .expect("read");
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("end of headers");
-    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    if headers.get("transfer-encoding").map(String::as_str) == Some("chunked") {
-        body = dechunk(&body);
-    }
-    Resp {
-        status,
-        headers,
-        body: String::from_utf8(body).unwrap(),
-    }
-}
 
 /// The admin API of one node, with the right token.
 struct Admin(SocketAddr, &'static str);
@@ -711,6 +603,7 @@ fn mint(user: &str) -> String {
         hmac_secret: JWT_SECRET.into(),
         rsa_public_key: String::new(),
         leeway_secs: 0,
+        ..Default::default()
     })
     .unwrap();
     let exp = SystemTime::now()

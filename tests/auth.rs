@@ -24,6 +24,7 @@ fn secured(cfg: &mut Config) {
         hmac_secret: SECRET.into(),
         rsa_public_key: String::new(),
         leeway_secs: 0,
+        ..Default::default()
     };
 }
 
@@ -39,6 +40,7 @@ fn mint(
         hmac_secret: secret.into(),
         rsa_public_key: String::new(),
         leeway_secs: 0,
+        ..Default::default()
     })
     .unwrap();
     a.mint(&Claims {
@@ -177,6 +179,7 @@ async fn hs256_token_signed_with_the_rsa_public_key_is_refused() {
         hmac_secret: String::new(),
         rsa_public_key: public.display().to_string(),
         leeway_secs: 0,
+        ..Default::default()
     };
     let node = start(cfg);
     let claims = Claims {
@@ -322,6 +325,7 @@ fn token_command_mints_a_token_the_server_accepts() {
         hmac_secret: SECRET.into(),
         rsa_public_key: String::new(),
         leeway_secs: 0,
+        ..Default::default()
     })
     .unwrap();
     let c = a.verify(&token).unwrap();

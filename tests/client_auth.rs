@@ -27,6 +27,7 @@ fn auth_config() -> AuthConfig {
         hmac_secret: SECRET.into(),
         rsa_public_key: String::new(),
         leeway_secs: 0,
+        ..Default::default()
     }
 }
 

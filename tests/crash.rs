@@ -6,15 +6,13 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
 use futures_util::SinkExt;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 const CHANNELS: usize = 4;
 
@@ -26,33 +24,17 @@ struct Proc {
 /// Starts `herald serve` on port 0 with `data_dir`, in a cwd without `config/default.toml`, and waits for its
 /// `herald listening ws=ADDR admin=ADDR` line.
 async fn spawn_herald(data_dir: &Path, cwd: &Path) -> Proc {
-    let mut child = Command::from(serve_command(data_dir))
-        .current_dir(cwd)
+    let mut cmd = serve_command(data_dir);
+    cmd.current_dir(cwd)
+        // No config/default.toml here, and the built-in default refuses anonymous clients.
+        .env("HERALD_AUTH__ANONYMOUS", "true")
         .env("HERALD_STORAGE__GROUP_COMMIT_MS", "2")
         .env("HERALD_LIMITS__MESSAGES_PER_SECOND", "1000000")
         .env("HERALD_LIMITS__MESSAGES_BURST", "1000000")
         .env("HERALD_NAMESPACES__DEFAULT__HISTORY_SIZE", "10000000")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn herald");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(TIMEOUT, lines.next_line())
-        .await
-        .expect("herald did not print its listening line in time")
-        .expect("read stdout")
-        .expect("herald exited before listening");
-    let (ws, _) = parse_listening(&line);
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Proc {
-        child,
-        ws_url: format!("ws://{ws}/ws"),
-    }
+        .env("RUST_LOG", "warn");
+    let (child, ws_url) = start_binary(cmd).await;
+    Proc { child, ws_url }
 }
 
 /// An acknowledged publish.

@@ -14,6 +14,8 @@ use serde_json::json;
 fn spawn_binary(dir: &std::path::Path) -> (std::process::Child, String) {
     let mut child = serve_command(&dir.join("data"))
         .current_dir(dir)
+        // No config/default.toml here, and the built-in default refuses anonymous clients.
+        .env("HERALD_AUTH__ANONYMOUS", "true")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

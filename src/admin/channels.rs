@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::params::{self, DEFAULT_LIMIT, MAX_LIMIT};
 use super::{ApiError, NodeData};
-use crate::channel::{namespace_of, ChannelInfo, History, Inspect, ResetHistory};
+use crate::channel::{history_page, namespace_of, ChannelInfo, History, Inspect, ResetHistory};
 use crate::history::ChannelState;
 use crate::node::Node;
 
@@ -341,14 +341,13 @@ pub(crate) async fn history(
     let limit = params::limit(&q.limit, DEFAULT_LIMIT, max)?;
     let since = params::opt_u64("since", &q.since)?.unwrap_or(0);
     known(&node, &name).await?;
-    let addr = node
-        .channels
-        .get_or_start(&node, &name)
-        .map_err(|e| ApiError::from_channel(&e))?;
-    let page = addr
-        .send(History { since, limit })
+    let q = History {
+        since,
+        limit,
+        max_bytes: node.config.history.max_page_bytes,
+    };
+    let page = history_page(&node, &name, q)
         .await
-        .map_err(ApiError::mailbox)?
         .map_err(|e| ApiError::from_channel(&e))?;
     let mut messages = Vec::with_capacity(page.messages.len());
     for m in page.messages {

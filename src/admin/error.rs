@@ -81,7 +81,7 @@ impl ApiError {
             ChannelError::PresenceDisabled | ChannelError::PublishDisabled => {
                 Self::forbidden(e.to_string())
             }
-            ChannelError::AlreadySubscribed => {
+            ChannelError::AlreadySubscribed | ChannelError::Conflict => {
                 Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
             _ => Self::unavailable(e.to_string()),

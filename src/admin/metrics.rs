@@ -164,6 +164,16 @@ pub fn render(node: &Node) -> String {
         count(&s.rate_limited),
     );
     o.counter(
+        "herald_rate_limit_closes_total",
+        "Connections closed with 4007 because they kept sending after `rate_limited`.",
+        count(&s.rate_limit_closes),
+    );
+    o.counter(
+        "herald_join_leave_suppressed_total",
+        "join/leave frames not sent because their channel was over channel.join_leave_per_second.",
+        count(&s.join_leave_suppressed),
+    );
+    o.counter(
         "herald_bad_frames_total",
         "Client frames that failed validation.",
         count(&s.bad_frames),

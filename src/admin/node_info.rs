@@ -148,8 +148,12 @@ pub(crate) async fn readyz(node: NodeData) -> HttpResponse {
     if node.is_draining() {
         return HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "draining"}));
     }
-    // A cheap read proves the store answers.
-    if let Err(e) = node.store.get_cursor("herald.readyz") {
+    // A cheap read proves the store answers; `health` says whether it still accepts writes.
+    if let Err(e) = node
+        .store
+        .get_cursor("herald.readyz")
+        .and_then(|_| node.store.health())
+    {
         return HttpResponse::ServiceUnavailable()
             .json(serde_json::json!({"status": "storage_unavailable", "error": e.to_string()}));
     }

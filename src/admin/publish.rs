@@ -26,8 +26,9 @@ pub struct PublishRequest {
     /// Any JSON value (encoded like a client's `data`).
     #[schema(value_type = Object)]
     pub data: rmpv::Value,
-    /// Idempotency key: a retry with the same key within `history.idempotency_window_ms` returns the first
-    /// publish's result instead of publishing twice.
+    /// Idempotency key: a retry with the same key and data within `history.idempotency_window_ms` returns
+    /// the first publish's result instead of publishing twice; the same key with other data is 409
+    /// `conflict`. The admin API has its own key scope, apart from every client's.
     pub key: Option<String>,
 }
 
@@ -62,6 +63,7 @@ fn depth(v: &rmpv::Value) -> usize {
 /// Publish a message as the server.
 #[utoipa::path(post, path = "/api/publish", tag = "publish", request_body = PublishRequest,
     responses((status = 200, body = PublishResponse), (status = 400, body = super::error::ErrorBody),
+              (status = 409, description = "key reused with different data", body = super::error::ErrorBody),
               (status = 413, description = "data over limits.max_publish_bytes", body = super::error::ErrorBody),
               (status = 503, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -107,6 +109,7 @@ pub(crate) async fn publish(
             data,
             raw,
             from: None,
+            publisher: crate::channel::ADMIN_PUBLISHER.to_string(),
             key,
         })
         .await

@@ -17,9 +17,6 @@ use crate::protocol::{
     self, encode, results, CloseCode, Encoding, MessageBody, Outgoing, PresenceBody, ServerFrame,
 };
 
-/// Retry delay after a failed flush.
-const FLUSH_RETRY: Duration = Duration::from_millis(100);
-
 /// A message appended to the log but not yet durable: not delivered, not acknowledged.
 pub(super) struct Pending {
     offset: u64,
@@ -78,6 +75,9 @@ pub struct ChannelActor {
     per_encoding: [usize; 2],
     pub(super) last_activity: Instant,
     pub(super) last_publish_ms: Option<u64>,
+    /// Budget of `join`/`leave` frames (`channel.join_leave_per_second`); `None` when the namespace
+    /// sends none.
+    join_leave_budget: Option<governor::DefaultDirectRateLimiter>,
     /// Span of this channel; entered by the handlers.
     pub(super) span: tracing::Span,
 }
@@ -94,7 +94,16 @@ impl ChannelActor {
     pub fn load(name: Arc<str>, node: Arc<Node>) -> Result<Self, HistoryError> {
         let state = node.store.channel_state(&name)?;
         let ns = node.config.namespace(namespace_of(&name));
+        let join_leave_budget = ns.join_leave.then(|| {
+            let rate = std::num::NonZeroU32::new(node.config.channel.join_leave_per_second)
+                .unwrap_or(std::num::NonZeroU32::MIN);
+            governor::RateLimiter::direct_with_clock(
+                governor::Quota::per_second(rate),
+                node.clock.clone(),
+            )
+        });
         Ok(ChannelActor {
+            join_leave_budget,
             span: tracing::info_span!("channel", channel = %name),
             name,
             ns,
@@ -142,22 +151,19 @@ impl ChannelActor {
     }
 
     /// Called when the log says everything up to `upto` is durable: deliver and acknowledge in order.
-    fn on_durable(&mut self, upto: u64, result: Result<(), HistoryError>, ctx: &mut Context<Self>) {
+    fn on_durable(&mut self, upto: u64, result: Result<(), HistoryError>) {
         if let Err(e) = result {
-            tracing::error!(channel = %self.name, error = %e, "flush failed; publishes are retried");
-            for p in self.pending.iter_mut().filter(|p| p.offset <= upto) {
-                for w in p.waiters.drain(..) {
-                    let _ = w.send(Err(ChannelError::Storage(e.to_string())));
+            // Whether these messages reached the disk is unknown: none is acknowledged or delivered, and
+            // the store refuses every later write (see history::commit), so nothing is published twice
+            // behind the publishers' backs.
+            tracing::error!(channel = %self.name, error = %e, pending = self.pending.len(),
+                "flush failed: pending publishes answered `unavailable` and not delivered");
+            let err = ChannelError::from_store(&e);
+            for p in self.pending.drain(..) {
+                for w in p.waiters {
+                    let _ = w.send(Err(err.clone()));
                 }
             }
-            ctx.run_later(FLUSH_RETRY, move |act, ctx| {
-                let durable = act.node.store.durable();
-                ctx.spawn(
-                    durable
-                        .into_actor(act)
-                        .map(move |res, act, ctx| act.on_durable(upto, res, ctx)),
-                );
-            });
             return;
         }
         let mut released = false;
@@ -255,8 +261,15 @@ impl ChannelActor {
         Some(sub)
     }
 
-    /// Sends `join` or `leave` to every other live subscriber.
+    /// Sends `join` or `leave` to every other live subscriber, within the channel's join/leave budget.
     fn announce(&mut self, join: bool, session: &str, user: Option<&str>) {
+        match &self.join_leave_budget {
+            Some(budget) if budget.check().is_ok() => {}
+            _ => {
+                Stats::add(&self.node.stats.join_leave_suppressed, 1);
+                return;
+            }
+        }
         let body = PresenceBody {
             channel: &self.name,
             session,
@@ -366,9 +379,20 @@ impl Handler<Publish> for ChannelActor {
         let answer = |rx: oneshot::Receiver<_>| -> Self::Result {
             Box::pin(rx.map(|r| r.unwrap_or(Err(ChannelError::Unavailable))))
         };
-        if let Some(key) = &msg.key {
+        let digest = msg
+            .key
+            .as_ref()
+            .map(|_| crate::history::data_digest(&msg.raw));
+        let scoped = msg
+            .key
+            .as_deref()
+            .map(|k| crate::history::scoped_idem_key(&msg.publisher, k));
+        if let (Some(key), Some(digest)) = (&scoped, digest) {
             match self.node.store.idempotent(&self.name, key, now) {
                 Ok(Some(hit)) if *hit.epoch == *self.epoch => {
+                    if hit.digest.is_some_and(|d| d != digest) {
+                        return Box::pin(ready(Err(ChannelError::Conflict)));
+                    }
                     if hit.offset <= self.durable {
                         return Box::pin(ready(Ok(self.published(&hit.id, hit.offset))));
                     }
@@ -378,7 +402,7 @@ impl Handler<Publish> for ChannelActor {
                     }
                 }
                 Ok(_) => {}
-                Err(e) => return Box::pin(ready(Err(ChannelError::Storage(e.to_string())))),
+                Err(e) => return Box::pin(ready(Err(ChannelError::from_store(&e)))),
             }
         }
         let offset = self.head + 1;
@@ -390,10 +414,12 @@ impl Handler<Publish> for ChannelActor {
             data: msg.raw,
         };
         let window = self.node.config.history.idempotency_window_ms;
-        let idem = msg.key.as_deref().map(|k| (k, now + window));
+        let idem = scoped.as_deref().map(|k| (k, now.saturating_add(window)));
         let durable = match self.node.log.append(&self.name, &stored, idem) {
             Ok(d) => d,
-            Err(e) => return Box::pin(ready(Err(ChannelError::Storage(e.to_string())))),
+            Err(crate::cluster::LogError::History(e)) => {
+                return Box::pin(ready(Err(ChannelError::from_store(&e))))
+            }
         };
         self.head = offset;
         self.last_publish_ms = Some(now);
@@ -409,7 +435,7 @@ impl Handler<Publish> for ChannelActor {
         ctx.spawn(
             durable
                 .into_actor(self)
-                .map(move |res, act, ctx| act.on_durable(offset, res, ctx)),
+                .map(move |res, act, _ctx| act.on_durable(offset, res)),
         );
         answer(rx)
     }

@@ -8,24 +8,23 @@
 //! channel for the others.
 
 mod actor;
+mod outbox;
 mod queries;
 mod registry;
 mod replay;
 mod sweeper;
 
 pub use actor::{namespace_of, ChannelActor};
+pub use outbox::{Outbox, OutboxError, OutboxReceiver};
+pub use queries::{history_page, presence_members};
 pub use registry::Registry;
 pub use sweeper::start_sweeper;
 
 use std::sync::Arc;
 
 use actix::prelude::*;
-use tokio::sync::mpsc;
 
-use crate::protocol::{CloseCode, Encoding, Outgoing, Position, RequestId};
-
-/// A session's outbox as channels see it: bounded, filled with `try_send`.
-pub type Outbox = mpsc::Sender<Outgoing>;
+use crate::protocol::{CloseCode, Encoding, Position, RequestId};
 
 /// Asks a session to close with a code (slow consumer, shutdown, operator).
 #[derive(Message, Debug, Clone)]
@@ -49,6 +48,24 @@ pub enum ChannelError {
     Storage(String),
     #[error("the channel is shutting down")]
     Unavailable,
+    /// The history store accepts no writes (a flush failed or the flusher died); see docs/operations.md.
+    #[error("storage is not accepting writes: {0}")]
+    StoreFailed(String),
+    /// The publisher reused an idempotency key with different data.
+    #[error("this idempotency key was already used with different data")]
+    Conflict,
+}
+
+impl ChannelError {
+    /// A store error as the channel reports it: a store that stopped accepting writes is `StoreFailed`
+    /// (clients see `unavailable`), anything else is a storage failure (`internal`).
+    pub fn from_store(e: &crate::history::HistoryError) -> Self {
+        use crate::history::HistoryError as H;
+        match e {
+            H::Failed(_) | H::FlusherGone | H::Closed => ChannelError::StoreFailed(e.to_string()),
+            _ => ChannelError::Storage(e.to_string()),
+        }
+    }
 }
 
 /// Subscribes a session. On success the channel itself queues the `reply` (before any replayed message).
@@ -79,8 +96,22 @@ pub struct Publish {
     /// Canonical MessagePack bytes of `data`, already validated by the protocol module.
     pub raw: Vec<u8>,
     pub from: Option<Arc<str>>,
+    /// Who publishes, for the scope of `key`: `user:<sub>`, `anonymous` or `admin` (see [`publisher_of`]).
+    pub publisher: String,
     pub key: Option<String>,
 }
+
+/// The idempotency scope of a publisher: a user's keys never meet another user's or the admin API's.
+/// Anonymous connections share one scope (they have no identity to tell them apart).
+pub fn publisher_of(user: Option<&str>) -> String {
+    match user {
+        Some(u) => format!("user:{u}"),
+        None => "anonymous".to_string(),
+    }
+}
+
+/// The idempotency scope of the admin API.
+pub const ADMIN_PUBLISHER: &str = "admin";
 
 /// Where a published message landed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,16 +127,20 @@ pub struct Published {
 pub struct Presence;
 
 /// Reads a page of retained history.
-#[derive(Message)]
+#[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "Result<HistoryPage, ChannelError>")]
 pub struct History {
     pub since: u64,
     pub limit: usize,
+    /// The page ends before the message that would take its data over this many bytes (but holds at
+    /// least one message).
+    pub max_bytes: usize,
 }
 
 /// A page of history, with the channel's bounds.
 #[derive(Debug, Clone)]
 pub struct HistoryPage {
+    /// The channel's epoch; `""` for a channel that has no history on this node.
     pub epoch: String,
     pub head: u64,
     pub oldest: Option<u64>,

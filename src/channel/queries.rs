@@ -1,6 +1,10 @@
 //! Read-only questions to a channel (presence, history pages, inspection) and the operator reset.
 //!
-//! Split from `actor.rs` so the sequencing and fan-out path stays short to read.
+//! Split from `actor.rs` so the sequencing and fan-out path stays short to read. Read-only questions
+//! never start an actor or create a channel: [`history_page`] and [`presence_members`] ask the live
+//! actor if there is one, and otherwise answer from the store under the registry lock (so no actor
+//! can start and append meanwhile). A client reading channels nobody uses therefore costs no actor, no
+//! metadata on disk, and no slot of `limits.max_channels`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,7 +16,83 @@ use super::{
     ChannelError, ChannelInfo, History, HistoryPage, Inspect, Presence, ResetHistory,
     SubscriberInfo,
 };
-use crate::history::HistoryError;
+use crate::history::{HistoryError, Store};
+use crate::node::Node;
+
+/// How often a read retries when actors start and stop under it (each miss means one just changed).
+const READ_ATTEMPTS: usize = 3;
+
+/// A page of `name`'s history, without starting an actor for it.
+pub async fn history_page(
+    node: &Arc<Node>,
+    name: &str,
+    q: History,
+) -> Result<HistoryPage, ChannelError> {
+    for _ in 0..READ_ATTEMPTS {
+        if let Some(addr) = node.channels.get(name) {
+            match addr.send(q).await {
+                Ok(page) => return page,
+                Err(_) => continue, // stopped meanwhile: its history is on disk now
+            }
+        }
+        if let Some(page) = node
+            .channels
+            .with_inactive(name, || stored_page(&node.store, name, q))
+        {
+            return page;
+        }
+    }
+    Err(ChannelError::Unavailable)
+}
+
+/// A page read straight from the store: every stored message of a channel without an actor is durable
+/// (an actor stops only with nothing pending).
+fn stored_page(store: &Store, name: &str, q: History) -> Result<HistoryPage, ChannelError> {
+    let storage = |e: HistoryError| ChannelError::from_store(&e);
+    let Some(state) = store.peek_state(name).map_err(storage)? else {
+        return Ok(HistoryPage {
+            epoch: String::new(),
+            head: 0,
+            oldest: None,
+            messages: Vec::new(),
+            next: None,
+        });
+    };
+    let messages = if q.since < state.head {
+        store
+            .range_bounded(name, q.since, q.limit, q.max_bytes)
+            .map_err(storage)?
+    } else {
+        Vec::new()
+    };
+    let next = match messages.last() {
+        Some(m) if m.offset < state.head => Some(m.offset),
+        _ => None,
+    };
+    Ok(HistoryPage {
+        epoch: state.epoch,
+        head: state.head,
+        oldest: state.oldest,
+        messages,
+        next,
+    })
+}
+
+/// The sessions subscribed to `name` (session, user); empty when no actor runs for it.
+pub async fn presence_members(
+    node: &Arc<Node>,
+    name: &str,
+) -> Result<Vec<(String, Option<String>)>, ChannelError> {
+    for _ in 0..READ_ATTEMPTS {
+        let Some(addr) = node.channels.get(name) else {
+            return Ok(Vec::new());
+        };
+        if let Ok(members) = addr.send(Presence).await {
+            return members;
+        }
+    }
+    Err(ChannelError::Unavailable)
+}
 
 impl Handler<Presence> for ChannelActor {
     type Result = Result<Vec<(String, Option<String>)>, ChannelError>;
@@ -36,7 +116,7 @@ impl Handler<History> for ChannelActor {
 
     fn handle(&mut self, msg: History, _ctx: &mut Self::Context) -> Self::Result {
         self.last_activity = Instant::now();
-        let storage = |e: HistoryError| ChannelError::Storage(e.to_string());
+        let storage = |e: HistoryError| ChannelError::from_store(&e);
         let oldest = self
             .node
             .store
@@ -46,7 +126,7 @@ impl Handler<History> for ChannelActor {
         let mut messages = if msg.since < self.durable {
             self.node
                 .store
-                .range(&self.name, msg.since, msg.limit)
+                .range_bounded(&self.name, msg.since, msg.limit, msg.max_bytes)
                 .map_err(storage)?
         } else {
             Vec::new()

@@ -2,7 +2,8 @@
 //!
 //! Active channels trim their own history (they know which replays are in progress). Channels without an
 //! actor are trimmed here, under the registry lock, so no actor can start for a channel while it is being
-//! trimmed.
+//! trimmed. A channel without an actor that is left with no message and no idempotency key has its
+//! metadata removed too, so channel names do not accumulate on disk.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,11 +47,18 @@ fn sweep(node: &Node) -> Result<(), crate::history::HistoryError> {
         after = Some(last.clone());
         for (name, _) in &page {
             let retention = retention_of(&node.config.namespace(namespace_of(name)));
-            match node
-                .channels
-                .with_inactive(name, || node.store.trim(name, &retention, now, None))
-            {
-                Some(Ok(n)) => Stats::add(&node.stats.history_trimmed, n),
+            let swept = node.channels.with_inactive(name, || {
+                let trimmed = node.store.trim(name, &retention, now, None)?;
+                let forgotten = node.store.forget_if_empty(name)?;
+                Ok::<_, crate::history::HistoryError>((trimmed, forgotten))
+            });
+            match swept {
+                Some(Ok((n, forgotten))) => {
+                    Stats::add(&node.stats.history_trimmed, n);
+                    if forgotten {
+                        tracing::debug!(channel = %name, "empty channel forgotten");
+                    }
+                }
                 Some(Err(e)) => tracing::warn!(channel = %name, error = %e, "trim failed"),
                 None => {}
             }

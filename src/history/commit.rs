@@ -7,10 +7,12 @@
 //! all. Because waiters are taken before the flush starts, each flush started after every waiter it
 //! answers registered, so it covers every write issued before the corresponding `durable()` call.
 //!
-//! A flush error is sent to every waiter of that batch; a waiter is never dropped without an answer
-//! (if the thread dies, the oneshot sender is dropped and the waiter resolves with
-//! [`HistoryError::FlusherGone`]). On shutdown the thread answers the pending waiters with one last
-//! flush before exiting.
+//! A flush error is sent to every waiter of that batch, and the flusher then fails every later waiter
+//! with [`HistoryError::Failed`]: after a failed fsync nobody can say which writes reached the disk, so
+//! the store stops accepting writes (see [`Flusher::health`]) rather than acknowledging more. If the
+//! thread dies (panics), every waiter it held and every later one resolves with
+//! [`HistoryError::FlusherGone`] instead of waiting forever. On shutdown the thread answers the pending
+//! waiters with one last flush before exiting.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -33,11 +35,41 @@ struct State {
     /// When the first waiter of the current batch arrived (window start).
     first_at: Option<Instant>,
     shutdown: bool,
+    /// Set once a flush failed: every later waiter gets [`HistoryError::Failed`].
+    failed: Option<String>,
+    /// Set when the thread died.
+    dead: bool,
+}
+
+/// A fault the flusher injects into its next flush (tests and fault drills only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[doc(hidden)]
+pub enum FlushFault {
+    /// The next flush reports an I/O error.
+    Error,
+    /// The flusher thread panics at the next flush.
+    Panic,
+}
+
+impl State {
+    /// The answer for a waiter that cannot be served any more, if the flusher is failed or dead.
+    fn refusal(&self) -> Option<HistoryError> {
+        if self.dead {
+            Some(HistoryError::FlusherGone)
+        } else if let Some(why) = &self.failed {
+            Some(HistoryError::Failed(why.clone()))
+        } else if self.shutdown {
+            Some(HistoryError::Closed)
+        } else {
+            None
+        }
+    }
 }
 
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
+    fault: Mutex<Option<FlushFault>>,
 }
 
 impl Shared {
@@ -64,11 +96,29 @@ impl Flusher {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
+            fault: Mutex::new(None),
         });
         let s2 = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("history-flusher".into())
-            .spawn(move || run(&s2, &db, window, &flushes, &flush_seconds))?;
+            .spawn(move || {
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run(&s2, &db, window, &flushes, &flush_seconds)
+                }));
+                if ran.is_err() {
+                    tracing::error!("history flusher thread panicked: every publish now fails with `unavailable`");
+                    // Waiters of the batch in hand were dropped (their receivers see FlusherGone);
+                    // the queued ones and every later one are answered here and by `durable`.
+                    let waiters = {
+                        let mut st = s2.lock();
+                        st.dead = true;
+                        std::mem::take(&mut st.waiters)
+                    };
+                    for w in waiters {
+                        let _ = w.send(Err(HistoryError::FlusherGone));
+                    }
+                }
+            })?;
         Ok(Flusher {
             shared,
             thread: Mutex::new(Some(thread)),
@@ -80,8 +130,8 @@ impl Flusher {
         let (tx, rx) = oneshot::channel();
         let first = {
             let mut st = self.shared.lock();
-            if st.shutdown {
-                return Durable::ready(Err(HistoryError::Closed));
+            if let Some(e) = st.refusal() {
+                return Durable::ready(Err(e));
             }
             let first = st.waiters.is_empty();
             if first {
@@ -97,6 +147,20 @@ impl Flusher {
         Durable {
             inner: DurableInner::Wait(rx),
         }
+    }
+
+    /// `Ok` while flushes succeed; the reason writes are refused once a flush failed or the thread died.
+    pub(crate) fn health(&self) -> Result<(), HistoryError> {
+        let st = self.shared.lock();
+        if st.dead || st.failed.is_some() {
+            return Err(st.refusal().unwrap_or(HistoryError::FlusherGone));
+        }
+        Ok(())
+    }
+
+    /// Makes the next flush fail or panic (tests and fault drills).
+    pub(crate) fn inject(&self, fault: FlushFault) {
+        *self.shared.fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(fault);
     }
 
     /// Stops the thread (after it answered every pending waiter) and waits for it. Idempotent.
@@ -156,20 +220,33 @@ fn run(
         };
         // The flush starts strictly after every waiter in `batch` registered.
         let started = Instant::now();
-        let res = db.flush().map(|_| ()).map_err(HistoryError::Sled);
+        let fault = shared
+            .fault
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let res = match fault {
+            None => db.flush().map(|_| ()).map_err(|e| e.to_string()),
+            Some(FlushFault::Error) => Err("injected flush fault".to_string()),
+            Some(FlushFault::Panic) => panic!("injected flusher panic"),
+        };
         flush_seconds.observe_duration(started.elapsed());
         flushes.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &res {
-            tracing::error!(error = %e, waiters = batch.len(), "history group-commit flush failed");
+            tracing::error!(error = %e, waiters = batch.len(),
+                "history group-commit flush failed: the store accepts no more writes; restart the node");
+            let mut st = shared.lock();
+            st.failed = Some(e.clone());
+            // Waiters that arrived meanwhile cannot be served by a later flush either.
+            let more = std::mem::take(&mut st.waiters);
+            drop(st);
+            for tx in more {
+                let _ = tx.send(Err(HistoryError::Failed(e.clone())));
+            }
         }
         for tx in batch {
-            let r = match &res {
-                Ok(()) => Ok(()),
-                Err(HistoryError::Sled(e)) => Err(HistoryError::Sled(e.clone())),
-                Err(_) => Err(HistoryError::FlusherGone), // unreachable: res is only Ok or Sled
-            };
             // A waiter that gave up (dropped its future) is fine to ignore.
-            let _ = tx.send(r);
+            let _ = tx.send(res.clone().map_err(HistoryError::Failed));
         }
     }
 }

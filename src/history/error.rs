@@ -42,8 +42,9 @@ pub enum HistoryError {
         source: sled::Error,
     },
 
-    /// The store directory is in use (locked) or not accessible; it is NOT moved aside in that case.
-    #[error("history store at {path:?} is locked or inaccessible: {source}")]
+    /// The store directory is in use (locked), not accessible, or failed with an I/O error that says
+    /// nothing about its contents (disk full, too many open files, EIO); it is NOT moved aside.
+    #[error("history store at {path:?} cannot be opened (left untouched; fix the cause and restart): {source}")]
     Unavailable {
         path: PathBuf,
         #[source]
@@ -66,6 +67,11 @@ pub enum HistoryError {
     /// The background flusher thread went away without answering (it panicked).
     #[error("history flusher thread is gone")]
     FlusherGone,
+
+    /// A flush failed earlier: what was written since the last good flush may or may not be on disk,
+    /// so the store accepts no more writes until the node is restarted.
+    #[error("history store stopped accepting writes after a failed flush ({0}); restart the node")]
+    Failed(String),
 }
 
 impl HistoryError {

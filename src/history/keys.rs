@@ -8,7 +8,8 @@
 //!   channel's messages one contiguous, ordered key range.
 //! - `meta`: `channel` -> [`Meta`] (epoch, head). Keyed by the bare name, so listing channels in name
 //!   order with a prefix and a cursor is a plain range scan.
-//! - `idem`: `channel ++ 0x00 ++ key` -> [`IdemEntry`].
+//! - `idem`: `channel ++ 0x00 ++ key` -> [`IdemEntry`]. `key` is the publisher-scoped key built by
+//!   [`scoped_idem_key`], so two publishers never share a key.
 //! - `idem_exp`: `expires_at_ms (u64 BE) ++ channel ++ 0x00 ++ key` -> empty. Expiry index, so the
 //!   store-wide sweep only visits expired entries.
 //! - `cursors`: `name` -> u64 BE.
@@ -19,6 +20,22 @@ use super::error::HistoryError;
 
 /// Format byte at the start of every value (except cursors, which are a bare u64).
 pub(crate) const V1: u8 = 1;
+/// Format byte of idempotency entries that carry the digest of the published data.
+pub(crate) const V2: u8 = 2;
+
+/// The key an idempotency entry is stored under: the publisher's identity, length-prefixed so no
+/// publisher/key pair can be mistaken for another, then the client's key.
+pub fn scoped_idem_key(publisher: &str, key: &str) -> String {
+    format!("{}:{publisher}{key}", publisher.len())
+}
+
+/// SHA-256 of published data: a key reused with other data is a conflict, not a retry.
+pub fn data_digest(data: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
 
 /// Key of the store-wide format marker in the default tree.
 pub(crate) const FORMAT_KEY: &[u8] = b"herald.history.format";
@@ -113,14 +130,20 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn new(buf: &'a [u8], what: &'a str) -> Result<Self, HistoryError> {
+        let (r, _) = Self::versioned(buf, what, V1)?;
+        Ok(r)
+    }
+
+    /// A reader over a value whose format byte is `V1..=newest`; returns the byte too.
+    fn versioned(buf: &'a [u8], what: &'a str, newest: u8) -> Result<(Self, u8), HistoryError> {
         let mut r = Reader { buf, what };
         let v = r.u8()?;
-        if v != V1 {
+        if !(V1..=newest).contains(&v) {
             return Err(HistoryError::corrupt(format!(
                 "{what}: unknown format byte {v}"
             )));
         }
-        Ok(r)
+        Ok((r, v))
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], HistoryError> {
@@ -259,24 +282,37 @@ pub(crate) struct IdemEntry {
     pub epoch: String,
     pub offset: u64,
     pub expires_at_ms: u64,
+    /// SHA-256 of the data; `None` for entries written before digests were kept (format V1).
+    pub digest: Option<[u8; 32]>,
 }
 
-/// `[V1][offset u64][expires_at_ms u64][id: u32 len + utf8][epoch ...rest]`
+/// `[V2][offset u64][expires_at_ms u64][id: u32 len + utf8][digest 32][epoch ...rest]`; V1 lacks the
+/// digest.
 pub(crate) fn encode_idem(e: &IdemEntry) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + 16 + 4 + e.id.len() + e.epoch.len());
-    out.push(V1);
+    let mut out = Vec::with_capacity(1 + 16 + 4 + e.id.len() + 32 + e.epoch.len());
+    out.push(if e.digest.is_some() { V2 } else { V1 });
     out.extend_from_slice(&e.offset.to_be_bytes());
     out.extend_from_slice(&e.expires_at_ms.to_be_bytes());
     put_string(&mut out, &e.id);
+    if let Some(d) = &e.digest {
+        out.extend_from_slice(d);
+    }
     out.extend_from_slice(e.epoch.as_bytes());
     out
 }
 
 pub(crate) fn decode_idem(b: &[u8]) -> Result<IdemEntry, HistoryError> {
-    let mut r = Reader::new(b, "idempotency entry")?;
+    let (mut r, version) = Reader::versioned(b, "idempotency entry", V2)?;
     let offset = r.u64()?;
     let expires_at_ms = r.u64()?;
     let id = r.string()?;
+    let digest = if version == V2 {
+        let mut d = [0u8; 32];
+        d.copy_from_slice(r.take(32)?);
+        Some(d)
+    } else {
+        None
+    };
     let rest = r.rest();
     let epoch = r.utf8(rest)?;
     Ok(IdemEntry {
@@ -284,6 +320,7 @@ pub(crate) fn decode_idem(b: &[u8]) -> Result<IdemEntry, HistoryError> {
         epoch,
         offset,
         expires_at_ms,
+        digest,
     })
 }
 
@@ -311,8 +348,22 @@ mod tests {
             epoch: "E".into(),
             offset: 3,
             expires_at_ms: 9,
+            digest: None,
         };
         assert_eq!(decode_idem(&encode_idem(&e)).unwrap(), e);
+        let with_digest = IdemEntry {
+            digest: Some(data_digest(b"data")),
+            ..e.clone()
+        };
+        assert_eq!(
+            decode_idem(&encode_idem(&with_digest)).unwrap(),
+            with_digest
+        );
+        assert_ne!(
+            scoped_idem_key("ab", "c"),
+            scoped_idem_key("a", "bc"),
+            "publisher and key cannot run into each other"
+        );
         for bad in [
             &b""[..],
             b"\x02",

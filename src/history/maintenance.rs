@@ -1,4 +1,4 @@
-//! Retention and cleanup: `trim`, `reset` and `sweep_idempotency`.
+//! Retention and cleanup: `trim`, `reset`, `sweep_idempotency` and `forget_if_empty`.
 //!
 //! Exists apart from `store.rs` because these are the multi-step operations: each removes keys in
 //! chunked transactions (at most [`CHUNK`] keys) that re-check the channel's epoch or meta, so a crash
@@ -16,6 +16,22 @@ use super::store::{abort, new_epoch, CHUNK};
 use super::{ChannelState, Retention, Store};
 
 impl Store {
+    /// Removes the metadata of a channel that holds no message and no idempotency key any more, so
+    /// names that were used once (or only read) do not stay on disk forever. Returns whether it did.
+    /// The caller guarantees that nothing appends to the channel meanwhile (the sweeper holds the
+    /// registry lock for channels without an actor). A later use starts a new epoch: a client resuming
+    /// from the old one gets `recovered: false`, which is always safe.
+    pub fn forget_if_empty(&self, channel: &str) -> Result<bool, HistoryError> {
+        keys::check_channel(channel)?;
+        let prefix = keys::channel_prefix(channel);
+        if self.inner.messages.scan_prefix(&prefix).next().is_some()
+            || self.inner.idem.scan_prefix(&prefix).next().is_some()
+        {
+            return Ok(false);
+        }
+        Ok(self.inner.meta.remove(channel.as_bytes())?.is_some())
+    }
+
     /// Enforces retention: removes the oldest messages beyond `max_len` and those older than
     /// `now_ms - max_age`, but never a message with offset >= `floor`. Returns how many were removed.
     /// Only a leading run of messages is ever removed, so retained offsets stay contiguous.

@@ -57,8 +57,9 @@ mod tests;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use commit::Durable;
+pub use commit::{Durable, FlushFault};
 pub use error::HistoryError;
+pub use keys::{data_digest, scoped_idem_key};
 pub use store::Store;
 
 /// How to open the store.
@@ -118,6 +119,8 @@ pub struct IdempotentHit {
     pub id: String,
     pub epoch: String,
     pub offset: u64,
+    /// SHA-256 of the data published under the key ([`data_digest`]); `None` for old entries.
+    pub digest: Option<[u8; 32]>,
 }
 
 /// Retention policy applied by [`Store::trim`].

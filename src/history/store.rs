@@ -58,9 +58,11 @@ pub(super) struct Inner {
 
 /// Why an open attempt failed.
 enum OpenFailure {
-    /// Locked by another process or not accessible: moving it aside would be wrong.
+    /// Locked, not accessible, disk full, out of file descriptors, an I/O error: the store may be
+    /// healthy, so moving it aside (and changing every epoch) would be wrong. Start-up stops instead.
     Unavailable(sled::Error),
-    /// Unreadable / corrupt / wrong format: move it aside and start fresh.
+    /// sled reports corruption, its files cannot be parsed, or the format marker / metadata is wrong:
+    /// move it aside and start fresh.
     Corrupt(String, Option<sled::Error>),
 }
 
@@ -74,15 +76,23 @@ pub(super) fn new_epoch() -> String {
     ulid::Ulid::new().to_string()
 }
 
+/// Only what says "these bytes are not a sled store" is corruption: sled's own verdict, or file
+/// contents too short or malformed to parse. Every other error (permissions, locks, a full disk, too
+/// many open files, EIO, a path that is not a directory) says nothing about the data.
 fn classify(e: sled::Error) -> OpenFailure {
+    use std::io::ErrorKind;
     match &e {
-        sled::Error::Io(io)
-            if io.kind() == std::io::ErrorKind::PermissionDenied
-                || io.to_string().contains("could not acquire lock") =>
-        {
-            OpenFailure::Unavailable(e)
+        // `Unsupported` is sled failing to recognise its own files ("created using a sled version
+        // earlier than 0.29" is what garbage in its config file yields).
+        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => {
+            OpenFailure::Corrupt(e.to_string(), Some(e))
         }
-        _ => OpenFailure::Corrupt(e.to_string(), Some(e)),
+        sled::Error::Io(io)
+            if matches!(io.kind(), ErrorKind::UnexpectedEof | ErrorKind::InvalidData) =>
+        {
+            OpenFailure::Corrupt(e.to_string(), Some(e))
+        }
+        _ => OpenFailure::Unavailable(e),
     }
 }
 
@@ -324,6 +334,8 @@ impl Store {
         idem: Option<(&str, u64)>,
     ) -> Result<(), HistoryError> {
         keys::check_channel(channel)?;
+        // After a failed flush nothing new is written: nobody could be told whether it is durable.
+        self.inner.flusher.health()?;
         if msg.offset >= MAX_OFFSET {
             return Err(HistoryError::OffsetOverflow {
                 channel: channel.to_owned(),
@@ -333,6 +345,7 @@ impl Store {
         let mkey = keys::message_key(channel, msg.offset);
         let mval = keys::encode_message(&msg.id, msg.ts_ms, msg.from.as_deref(), &msg.data);
         let ikey = idem.map(|(k, exp)| (keys::idem_key(channel, k), exp));
+        let digest = keys::data_digest(&msg.data);
         let epoch_if_new = new_epoch();
         let i = &self.inner;
         (&i.messages, &i.meta, &i.idem, &i.idem_exp).transaction(|(tm, tmeta, ti, tx)| {
@@ -361,6 +374,7 @@ impl Store {
                     epoch: meta.epoch.clone(),
                     offset: msg.offset,
                     expires_at_ms: *expires_at_ms,
+                    digest: Some(digest),
                 };
                 ti.insert(ikey.as_slice(), keys::encode_idem(&entry))?;
             }
@@ -393,6 +407,7 @@ impl Store {
             id: e.id,
             epoch: e.epoch,
             offset: e.offset,
+            digest: e.digest,
         }))
     }
 
@@ -402,6 +417,18 @@ impl Store {
         channel: &str,
         after: u64,
         limit: usize,
+    ) -> Result<Vec<StoredMessage>, HistoryError> {
+        self.range_bounded(channel, after, limit, usize::MAX)
+    }
+
+    /// Like [`Store::range`], but stops before the message that would take the total `data` bytes over
+    /// `max_bytes` (the first message is always included, whatever its size).
+    pub fn range_bounded(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<StoredMessage>, HistoryError> {
         keys::check_channel(channel)?;
         let Some(first) = after.checked_add(1) else {
@@ -413,6 +440,7 @@ impl Store {
             *last = 1; // channel ++ 0x01: just past every channel ++ 0x00 ++ offset key
         }
         let mut out = Vec::with_capacity(limit.min(1024));
+        let mut bytes = 0usize;
         for kv in self
             .inner
             .messages
@@ -422,6 +450,10 @@ impl Store {
             let (k, v) = kv?;
             let offset = keys::message_key_offset(&k, prefix.len())?;
             let m = keys::decode_message(&v)?;
+            bytes = bytes.saturating_add(m.data.len());
+            if bytes > max_bytes && !out.is_empty() {
+                break;
+            }
             out.push(StoredMessage {
                 offset,
                 id: m.id,
@@ -482,6 +514,19 @@ impl Store {
     /// Group commit: resolves once a flush that started after this call completed. See `mod.rs`.
     pub fn durable(&self) -> Durable {
         self.inner.flusher.durable()
+    }
+
+    /// `Ok` while the store accepts writes; the reason otherwise (a flush failed, the flusher died).
+    /// Readiness reports the node not ready while this is an error.
+    pub fn health(&self) -> Result<(), HistoryError> {
+        self.inner.flusher.health()
+    }
+
+    /// Makes the next group-commit flush fail or the flusher thread panic: for tests and fault drills
+    /// only, never called by herald itself.
+    #[doc(hidden)]
+    pub fn inject_flush_fault(&self, fault: super::commit::FlushFault) {
+        self.inner.flusher.inject(fault);
     }
 
     /// Synchronous flush (shutdown path).

@@ -180,7 +180,8 @@ fn idempotency_hit_miss_expiry_and_reopen() {
             IdempotentHit {
                 id: m1.id.clone(),
                 epoch: epoch.clone(),
-                offset: 1
+                offset: 1,
+                digest: Some(crate::history::data_digest(&m1.data)),
             }
         );
         assert_eq!(
@@ -488,4 +489,72 @@ fn durable_is_usable_without_a_runtime_thread() {
         .unwrap();
     rt.block_on(s.durable()).unwrap();
     assert!(s.size_on_disk().unwrap() > 0);
+}
+
+#[test]
+fn an_io_error_at_open_leaves_the_store_alone() {
+    // A path whose parent is a regular file: an I/O error (not a directory) that says nothing about
+    // any store. Before, every such error counted as corruption and the path was renamed aside.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"an operator's file").unwrap();
+    let err = Store::open(&cfg(&file.join("h")))
+        .err()
+        .expect("open fails");
+    assert!(matches!(err, HistoryError::Unavailable { .. }), "{err}");
+    assert!(err.to_string().contains("left untouched"), "{err}");
+    // A store that exists and is healthy, opened with a path that is a file: refused, file untouched.
+    let err = Store::open(&cfg(&file)).err().expect("open fails");
+    assert!(matches!(err, HistoryError::Unavailable { .. }), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"an operator's file");
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["not-a-dir".to_string()],
+        "nothing was moved aside"
+    );
+}
+
+#[tokio::test]
+async fn after_a_failed_flush_the_store_refuses_writes_and_waiters() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir.path().join("h"));
+    s.append("c", &msg(1, 0), None).unwrap();
+    s.durable().await.unwrap();
+    s.health().unwrap();
+    s.inject_flush_fault(FlushFault::Error);
+    s.append("c", &msg(2, 0), None).unwrap();
+    assert!(matches!(s.durable().await, Err(HistoryError::Failed(_))));
+    assert!(matches!(s.health(), Err(HistoryError::Failed(_))));
+    assert!(
+        matches!(s.durable().await, Err(HistoryError::Failed(_))),
+        "later waiters fail at once instead of waiting for a flush that cannot be trusted"
+    );
+    assert!(
+        matches!(
+            s.append("c", &msg(3, 0), None),
+            Err(HistoryError::Failed(_))
+        ),
+        "no new write is accepted"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_flusher_fails_every_waiter_instead_of_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir.path().join("h"));
+    s.inject_flush_fault(FlushFault::Panic);
+    let first = tokio::time::timeout(Duration::from_secs(5), s.durable())
+        .await
+        .expect("the waiter of the dying flush is answered");
+    assert!(matches!(first, Err(HistoryError::FlusherGone)), "{first:?}");
+    let later = tokio::time::timeout(Duration::from_secs(5), s.durable())
+        .await
+        .expect("a later waiter is answered at once");
+    assert!(matches!(later, Err(HistoryError::FlusherGone)), "{later:?}");
+    assert!(s.health().is_err());
+    assert!(s.append("c", &msg(1, 0), None).is_err());
 }

@@ -16,6 +16,7 @@ pub enum CloseCode {
     Disconnected,
     Forbidden,
     Idle,
+    RateLimitExceeded,
 }
 
 impl CloseCode {
@@ -35,6 +36,7 @@ impl CloseCode {
             CloseCode::Disconnected => 4004,
             CloseCode::Forbidden => 4005,
             CloseCode::Idle => 4006,
+            CloseCode::RateLimitExceeded => 4007,
         }
     }
 
@@ -48,6 +50,7 @@ impl CloseCode {
                 | CloseCode::HeartbeatTimeout
                 | CloseCode::TokenExpired
                 | CloseCode::Idle
+                | CloseCode::RateLimitExceeded
         )
     }
 
@@ -67,6 +70,7 @@ impl CloseCode {
             CloseCode::Disconnected => "disconnected by operator",
             CloseCode::Forbidden => "forbidden",
             CloseCode::Idle => "idle",
+            CloseCode::RateLimitExceeded => "kept sending after rate_limited",
         }
     }
 
@@ -76,7 +80,7 @@ impl CloseCode {
     }
 }
 
-const ALL: [CloseCode; 13] = [
+const ALL: [CloseCode; 14] = [
     CloseCode::Normal,
     CloseCode::GoingAway,
     CloseCode::ProtocolError,
@@ -90,4 +94,5 @@ const ALL: [CloseCode; 13] = [
     CloseCode::Disconnected,
     CloseCode::Forbidden,
     CloseCode::Idle,
+    CloseCode::RateLimitExceeded,
 ];

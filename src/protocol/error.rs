@@ -17,6 +17,8 @@ pub enum ErrorCode {
     TooManySubscriptions,
     Unavailable,
     Internal,
+    /// An idempotency key was reused by the same publisher with different data.
+    Conflict,
 }
 
 impl ErrorCode {
@@ -34,6 +36,7 @@ impl ErrorCode {
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Conflict => "conflict",
         }
     }
 }

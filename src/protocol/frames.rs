@@ -25,6 +25,15 @@ pub enum Outgoing {
 }
 
 impl Outgoing {
+    /// Size on the wire, in bytes (what the connection's outbox budget counts).
+    pub fn wire_len(&self) -> usize {
+        match self {
+            Outgoing::Frame(f) => f.wire.len(),
+            Outgoing::Ping => 2,
+            Outgoing::Pong(p) => p.len() + 2,
+        }
+    }
+
     /// The bytes on the wire: the shared frame, or a freshly framed ping/pong.
     pub fn into_wire(self) -> Bytes {
         match self {
@@ -108,6 +117,20 @@ pub enum ServerFrame<'a> {
     Join(PresenceBody<'a>),
     Leave(PresenceBody<'a>),
     Disconnect(DisconnectBody<'a>),
+    /// The server ended a subscription (for example a `refresh` to a token that no longer allows it).
+    Unsubscribed(UnsubscribedBody<'a>),
+    /// The reply of `history`, encoded straight from stored bytes (see [`super::results::HistoryResult`]).
+    #[serde(rename = "reply")]
+    HistoryReply {
+        id: &'a RequestId,
+        result: super::results::HistoryResult<'a>,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub struct UnsubscribedBody<'a> {
+    pub channel: &'a str,
+    pub reason: &'a str,
 }
 
 #[derive(Debug, Serialize)]

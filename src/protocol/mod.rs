@@ -18,7 +18,7 @@ pub use decode::{decode_request, validate_channel, DecodeLimits};
 pub use error::{ErrorCode, FrameError};
 pub use frames::{
     close_frame, encode, encode_message_data, DisconnectBody, EncodeError, ErrorBody, MessageBody,
-    Outgoing, PresenceBody, ServerFrame, WelcomeBody, WsFrame,
+    Outgoing, PresenceBody, ServerFrame, UnsubscribedBody, WelcomeBody, WsFrame,
 };
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -1,8 +1,10 @@
 //! The `result` objects of `reply` frames, built as generic values so one builder serves both encodings.
+//! The `history` result is the exception: it can be large, so it is serialized straight from the stored
+//! bytes ([`HistoryResult`]) instead of being built as a value first.
 
 use rmpv::Value;
-
-use super::frames::MessageBody;
+use serde::ser::{Error as _, SerializeMap};
+use serde::{Serialize, Serializer};
 
 fn map(entries: Vec<(&str, Value)>) -> Value {
     Value::Map(
@@ -58,40 +60,45 @@ pub fn presence(channel: &str, members: &[(String, Option<String>)]) -> Value {
     ])
 }
 
-/// Reply of `history`.
-pub fn history(
-    channel: &str,
-    epoch: &str,
-    head: u64,
-    oldest: Option<u64>,
-    messages: &[MessageBody<'_>],
-    next: Option<u64>,
-) -> Value {
-    let list = messages
-        .iter()
-        .map(|m| {
-            let mut e = vec![
-                ("channel", Value::from(m.channel)),
-                ("id", Value::from(m.id)),
-                ("epoch", Value::from(m.epoch)),
-                ("offset", Value::from(m.offset)),
-                ("data", m.data.clone()),
-            ];
-            if let Some(f) = m.from {
-                e.push(("from", Value::from(f)));
-            }
-            map(e)
-        })
-        .collect();
-    let opt = |o: Option<u64>| o.map(Value::from).unwrap_or(Value::Nil);
-    map(vec![
-        ("channel", Value::from(channel)),
-        ("epoch", Value::from(epoch)),
-        ("head", Value::from(head)),
-        ("oldest", opt(oldest)),
-        ("messages", Value::Array(list)),
-        ("next", opt(next)),
-    ])
+/// Reply of `history`. Its messages are serialized from their stored MessagePack bytes one at a time, so
+/// a page is never held decoded or copied as a whole: memory is the stored page plus the encoded frame.
+#[derive(Debug, Serialize)]
+pub struct HistoryResult<'a> {
+    pub channel: &'a str,
+    pub epoch: &'a str,
+    pub head: u64,
+    pub oldest: Option<u64>,
+    pub messages: &'a [StoredView<'a>],
+    pub next: Option<u64>,
+}
+
+/// A stored message as a `history` page carries it (the fields of a `message` frame's body).
+#[derive(Debug)]
+pub struct StoredView<'a> {
+    pub channel: &'a str,
+    pub id: &'a str,
+    pub epoch: &'a str,
+    pub offset: u64,
+    pub from: Option<&'a str>,
+    /// Canonical MessagePack bytes of the data, as stored.
+    pub data: &'a [u8],
+}
+
+impl Serialize for StoredView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let data = rmpv::decode::read_value(&mut &self.data[..])
+            .map_err(|e| S::Error::custom(format!("stored message {}: {e}", self.offset)))?;
+        let mut m = s.serialize_map(Some(if self.from.is_some() { 6 } else { 5 }))?;
+        m.serialize_entry("channel", self.channel)?;
+        m.serialize_entry("id", self.id)?;
+        m.serialize_entry("epoch", self.epoch)?;
+        m.serialize_entry("offset", &self.offset)?;
+        m.serialize_entry("data", &data)?;
+        if let Some(f) = self.from {
+            m.serialize_entry("from", f)?;
+        }
+        m.end()
+    }
 }
 
 /// Reply of `refresh`: the new expiry (seconds since the Unix epoch).

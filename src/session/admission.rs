@@ -3,12 +3,19 @@
 //!
 //! An admitted connection holds a [`Ticket`]; dropping it (when the session ends) gives the slot back, so
 //! the counts cannot leak whatever way the session dies.
+//!
+//! Clients are counted by address, IPv6 ones by network (`limits.ipv6_prefix_len`, /64 by default): one
+//! host usually holds a whole /64, so counting single IPv6 addresses would give it 2^64 identities. The
+//! connect rate is checked on its own ([`Admission::check_rate`]) before the token's signature is, so a
+//! flood of forged tokens costs no signature work; its per-address state is cleaned every
+//! [`HOUSEKEEPING_EVERY`].
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -40,6 +47,9 @@ impl Refusal {
     }
 }
 
+/// How often the connect-rate limiter forgets addresses whose bucket is full again.
+pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(10);
+
 #[derive(Default)]
 struct Counts {
     total: usize,
@@ -54,6 +64,10 @@ pub struct Admission {
     max_total: usize,
     max_per_ip: usize,
     max_per_user: usize,
+    ipv6_prefix_len: u8,
+    started: Instant,
+    /// Milliseconds after `started` of the last housekeeping.
+    last_housekeeping_ms: AtomicU64,
 }
 
 impl Admission {
@@ -65,25 +79,64 @@ impl Admission {
             max_total: limits.max_connections,
             max_per_ip: limits.max_connections_per_ip,
             max_per_user: limits.max_connections_per_user,
+            ipv6_prefix_len: limits.ipv6_prefix_len.clamp(1, 128),
+            started: Instant::now(),
+            last_housekeeping_ms: AtomicU64::new(0),
         })
+    }
+
+    /// The identity an address is counted under: IPv4 as is, IPv6 (and IPv4-mapped IPv6 as IPv4) masked
+    /// to the configured prefix.
+    pub fn key_of(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(_) => ip,
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => {
+                    let bits = u128::from(v6);
+                    let mask = u128::MAX << (128 - u32::from(self.ipv6_prefix_len));
+                    IpAddr::V6(Ipv6Addr::from(bits & mask))
+                }
+            },
+        }
+    }
+
+    /// The per-address connect rate. Called before the token is verified.
+    pub fn check_rate(&self, ip: Option<IpAddr>) -> Result<(), Refusal> {
+        self.maybe_housekeeping();
+        let Some(ip) = ip else {
+            return Ok(());
+        };
+        self.rate.check_key(&self.key_of(ip)).map_err(|not_until| {
+            let retry_after = not_until.wait_time_from(DefaultClock::default().now());
+            Refusal::Rate { retry_after }
+        })
+    }
+
+    fn maybe_housekeeping(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.last_housekeeping_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= HOUSEKEEPING_EVERY.as_millis() as u64
+            && self
+                .last_housekeeping_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.housekeeping();
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Counts> {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Admits a connection or says why not.
+    /// Admits a connection (counts only; [`Admission::check_rate`] comes first) or says why not.
     pub fn admit(
         self: &Arc<Self>,
         ip: Option<IpAddr>,
         user: Option<Arc<str>>,
     ) -> Result<Ticket, Refusal> {
-        if let Some(ip) = ip {
-            if let Err(not_until) = self.rate.check_key(&ip) {
-                let retry_after = not_until.wait_time_from(DefaultClock::default().now());
-                return Err(Refusal::Rate { retry_after });
-            }
-        }
+        let ip = ip.map(|ip| self.key_of(ip));
         let mut c = self.lock();
         if c.total >= self.max_total {
             return Err(Refusal::NodeFull);
@@ -117,9 +170,16 @@ impl Admission {
         self.lock().total
     }
 
-    /// Drops rate-limiter state of idle addresses; call now and then.
+    /// Drops rate-limiter state of addresses whose bucket is full again (they are indistinguishable from
+    /// new ones). Runs by itself every [`HOUSEKEEPING_EVERY`] from [`Admission::check_rate`].
     pub fn housekeeping(&self) {
         self.rate.retain_recent();
+        self.rate.shrink_to_fit();
+    }
+
+    /// Addresses the connect-rate limiter currently remembers.
+    pub fn rate_entries(&self) -> usize {
+        self.rate.len()
     }
 }
 
@@ -177,5 +237,54 @@ mod tests {
         drop(t1);
         assert!(a.admit(Some(ip), None).is_ok());
         assert_eq!(a.open(), 1, "the probe ticket was dropped again");
+    }
+
+    #[test]
+    fn ipv6_is_counted_per_network() {
+        let limits = LimitsConfig {
+            max_connections_per_ip: 2,
+            connects_per_second_per_ip: 3,
+            ..LimitsConfig::default()
+        };
+        let a = Admission::new(&limits);
+        let host = |n: u16| -> IpAddr { format!("2001:db8:1:2::{n:x}").parse().unwrap() };
+        let _t1 = a.admit(Some(host(1)), None).unwrap();
+        let _t2 = a.admit(Some(host(2)), None).unwrap();
+        assert_eq!(
+            a.admit(Some(host(3)), None).err(),
+            Some(Refusal::PerIp),
+            "a third address of the same /64 shares its limit"
+        );
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(
+            a.admit(Some(other), None).is_ok(),
+            "another /64 is another client"
+        );
+        for n in 0..3 {
+            a.check_rate(Some(host(10 + n))).unwrap();
+        }
+        assert!(
+            matches!(a.check_rate(Some(host(99))), Err(Refusal::Rate { .. })),
+            "the connect rate is shared by the /64 too"
+        );
+        let mapped: IpAddr = "::ffff:10.0.0.7".parse().unwrap();
+        assert_eq!(a.key_of(mapped), "10.0.0.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn housekeeping_forgets_addresses_whose_bucket_refilled() {
+        let limits = LimitsConfig {
+            connects_per_second_per_ip: 1000,
+            ..LimitsConfig::default()
+        };
+        let a = Admission::new(&limits);
+        for n in 0..500u32 {
+            a.check_rate(Some(IpAddr::from(n.to_be_bytes()))).unwrap();
+        }
+        assert_eq!(a.rate_entries(), 500);
+        // 1000/s: one token per ms, so every bucket is full again after a few ms.
+        std::thread::sleep(Duration::from_millis(20));
+        a.housekeeping();
+        assert_eq!(a.rate_entries(), 0, "refilled buckets are forgotten");
     }
 }

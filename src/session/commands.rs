@@ -3,9 +3,14 @@
 use actix::prelude::*;
 
 use super::Session;
-use crate::channel::{ChannelError, History, Presence, Publish, Subscribe, Unsubscribe};
+use crate::channel::{
+    history_page, presence_members, publisher_of, ChannelError, History, HistoryPage, Publish,
+    Subscribe, Unsubscribe,
+};
+use crate::protocol::results::{HistoryResult, StoredView};
 use crate::protocol::{
-    encode_message_data, results, Command, ErrorCode, FrameError, MessageBody, Request, RequestId,
+    encode, encode_message_data, results, Command, ErrorCode, FrameError, Request, RequestId,
+    ServerFrame, UnsubscribedBody,
 };
 
 /// Retry advice sent with `unavailable`.
@@ -17,6 +22,7 @@ fn channel_error(id: &RequestId, e: &ChannelError) -> (FrameError, Option<u64>) 
             (ErrorCode::Forbidden, None)
         }
         ChannelError::AlreadySubscribed => (ErrorCode::AlreadySubscribed, None),
+        ChannelError::Conflict => (ErrorCode::Conflict, None),
         ChannelError::Storage(_) => (ErrorCode::Internal, None),
         _ => (ErrorCode::Unavailable, Some(RETRY_UNAVAILABLE_MS)),
     };
@@ -68,7 +74,28 @@ impl Session {
         match self.node.auth.verify(token) {
             Ok(claims) if claims.sub == current.sub => {
                 let exp = claims.exp;
+                // Subscriptions the new token no longer allows end first, each with an
+                // `unsubscribed` frame, so the reply comes after the last of them.
+                let mut ended: Vec<String> = self
+                    .subscriptions
+                    .keys()
+                    .filter(|ch| !claims.may_subscribe(ch))
+                    .cloned()
+                    .collect();
+                ended.sort();
                 self.claims = Some(claims);
+                for channel in ended {
+                    if let Some(addr) = self.subscriptions.remove(&channel) {
+                        addr.do_send(Unsubscribe {
+                            session: self.id.clone(),
+                        });
+                    }
+                    let body = UnsubscribedBody {
+                        channel: &channel,
+                        reason: "the refreshed token does not allow this channel",
+                    };
+                    self.send(ServerFrame::Unsubscribed(body), ctx);
+                }
                 self.arm_expiry(ctx);
                 self.reply(&id, &results::refreshed(exp), ctx);
             }
@@ -90,6 +117,7 @@ impl Session {
         publish: bool,
         ctx: &mut Context<Self>,
     ) -> bool {
+        // `history` and `presence` read the channel: they need the right to subscribe to it.
         let ok = self.claims.as_ref().is_none_or(|c| {
             if publish {
                 c.may_publish(channel)
@@ -161,6 +189,7 @@ impl Session {
         };
         // Recorded before the answer so a disconnect meanwhile still unsubscribes.
         self.subscriptions.insert(channel.clone(), addr.clone());
+        let slot = self.gate.enter();
         let msg = Subscribe {
             session: self.id.clone(),
             user: self.user.clone(),
@@ -173,6 +202,7 @@ impl Session {
         addr.send(msg)
             .into_actor(self)
             .map(move |res, act, ctx| {
+                drop(slot);
                 let err = match res {
                     Ok(Ok(())) => return,
                     Ok(Err(e)) => channel_error(&id, &e),
@@ -189,11 +219,15 @@ impl Session {
             let err = FrameError::new(Some(id), ErrorCode::NotSubscribed, "not subscribed");
             return self.fail((err, None), ctx);
         };
+        let slot = self.gate.enter();
         addr.send(Unsubscribe {
             session: self.id.clone(),
         })
         .into_actor(self)
-        .map(move |_res, act, ctx| act.reply(&id, &results::empty(), ctx))
+        .map(move |_res, act, ctx| {
+            drop(slot);
+            act.reply(&id, &results::empty(), ctx)
+        })
         .spawn(ctx);
     }
 
@@ -234,15 +268,22 @@ impl Session {
         let msg = Publish {
             data,
             raw,
+            publisher: publisher_of(self.user.as_deref()),
             from: self.user.clone(),
             key,
         };
+        let slot = self.gate.enter();
         addr.send(msg)
             .into_actor(self)
-            .map(move |res, act, ctx| match res {
-                Ok(Ok(p)) => act.reply(&id, &results::published(&p.id, &p.epoch, p.offset), ctx),
-                Ok(Err(e)) => act.fail(channel_error(&id, &e), ctx),
-                Err(_) => act.fail(mailbox_error(&id), ctx),
+            .map(move |res, act, ctx| {
+                drop(slot);
+                match res {
+                    Ok(Ok(p)) => {
+                        act.reply(&id, &results::published(&p.id, &p.epoch, p.offset), ctx)
+                    }
+                    Ok(Err(e)) => act.fail(channel_error(&id, &e), ctx),
+                    Err(_) => act.fail(mailbox_error(&id), ctx),
+                }
             })
             .spawn(ctx);
     }
@@ -252,20 +293,30 @@ impl Session {
             .node
             .config
             .namespace(crate::channel::namespace_of(&channel));
+        if !self.check_claims(&id, &channel, false, ctx) {
+            return;
+        }
         if !ns.presence {
             return self.fail(channel_error(&id, &ChannelError::PresenceDisabled), ctx);
         }
-        let Some(addr) = self.channel_addr(&id, &channel, ctx) else {
-            return;
-        };
-        addr.send(Presence)
-            .into_actor(self)
-            .map(move |res, act, ctx| match res {
-                Ok(Ok(members)) => act.reply(&id, &results::presence(&channel, &members), ctx),
-                Ok(Err(e)) => act.fail(channel_error(&id, &e), ctx),
-                Err(_) => act.fail(mailbox_error(&id), ctx),
-            })
-            .spawn(ctx);
+        let node = self.node.clone();
+        let slot = self.gate.enter();
+        async move {
+            presence_members(&node, &channel)
+                .await
+                .map(|m| (channel, m))
+        }
+        .into_actor(self)
+        .map(move |res, act, ctx| {
+            drop(slot);
+            match res {
+                Ok((channel, members)) => {
+                    act.reply(&id, &results::presence(&channel, &members), ctx)
+                }
+                Err(e) => act.fail(channel_error(&id, &e), ctx),
+            }
+        })
+        .spawn(ctx);
     }
 
     fn history(
@@ -276,56 +327,72 @@ impl Session {
         limit: Option<u64>,
         ctx: &mut Context<Self>,
     ) {
-        let max = self.node.config.history.max_page;
+        if !self.check_claims(&id, &channel, false, ctx) {
+            return;
+        }
+        let cfg = &self.node.config.history;
         if limit == Some(0) {
             let err = FrameError::bad(Some(id), "`limit` must be at least 1");
             return self.fail((err, None), ctx);
         }
-        let limit = limit.map_or(100.min(max), |l| (l.min(max as u64)) as usize);
-        let Some(addr) = self.channel_addr(&id, &channel, ctx) else {
-            return;
+        let q = History {
+            since,
+            limit: limit.map_or(100.min(cfg.max_page), |l| {
+                l.min(cfg.max_page as u64) as usize
+            }),
+            max_bytes: cfg.max_page_bytes,
         };
-        addr.send(History { since, limit })
+        let node = self.node.clone();
+        let slot = self.gate.enter();
+        async move { history_page(&node, &channel, q).await.map(|p| (channel, p)) }
             .into_actor(self)
-            .map(move |res, act, ctx| match res {
-                Ok(Ok(page)) => {
-                    let mut decoded = Vec::with_capacity(page.messages.len());
-                    for m in &page.messages {
-                        match rmpv::decode::read_value(&mut &m.data[..]) {
-                            Ok(v) => decoded.push(v),
-                            Err(e) => {
-                                let err =
-                                    ChannelError::Storage(format!("message {}: {e}", m.offset));
-                                return act.fail(channel_error(&id, &err), ctx);
-                            }
-                        }
-                    }
-                    let bodies: Vec<MessageBody<'_>> = page
-                        .messages
-                        .iter()
-                        .zip(&decoded)
-                        .map(|(m, data)| MessageBody {
-                            channel: &channel,
-                            id: &m.id,
-                            epoch: &page.epoch,
-                            offset: m.offset,
-                            data,
-                            from: m.from.as_deref(),
-                        })
-                        .collect();
-                    let result = results::history(
-                        &channel,
-                        &page.epoch,
-                        page.head,
-                        page.oldest,
-                        &bodies,
-                        page.next,
-                    );
-                    act.reply(&id, &result, ctx);
+            .map(move |res, act, ctx| {
+                drop(slot);
+                match res {
+                    Ok((channel, page)) => act.reply_history(&id, &channel, &page, ctx),
+                    Err(e) => act.fail(channel_error(&id, &e), ctx),
                 }
-                Ok(Err(e)) => act.fail(channel_error(&id, &e), ctx),
-                Err(_) => act.fail(mailbox_error(&id), ctx),
             })
             .spawn(ctx);
+    }
+
+    /// Encodes a history page straight from its stored bytes into one frame.
+    fn reply_history(
+        &mut self,
+        id: &RequestId,
+        channel: &str,
+        page: &HistoryPage,
+        ctx: &mut Context<Self>,
+    ) {
+        let views: Vec<StoredView<'_>> = page
+            .messages
+            .iter()
+            .map(|m| StoredView {
+                channel,
+                id: &m.id,
+                epoch: &page.epoch,
+                offset: m.offset,
+                from: m.from.as_deref(),
+                data: &m.data,
+            })
+            .collect();
+        let frame = ServerFrame::HistoryReply {
+            id,
+            result: HistoryResult {
+                channel,
+                epoch: &page.epoch,
+                head: page.head,
+                oldest: page.oldest,
+                messages: &views,
+                next: page.next,
+            },
+        };
+        match encode(self.encoding, &frame) {
+            Ok(out) => self.push(out, ctx),
+            Err(e) => {
+                let err = ChannelError::Storage(format!("history page cannot be encoded: {e}"));
+                self.fail(channel_error(id, &err), ctx)
+            }
+        }
     }
 }

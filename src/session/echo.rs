@@ -10,14 +10,15 @@ use std::sync::Arc;
 use actix::{Actor, ActorContext, AsyncContext, StreamHandler};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, ProtocolError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::{protocol_close, writer};
+use crate::channel::Outbox;
 use crate::node::Node;
 use crate::protocol::{CloseCode, Outgoing, WsFrame};
 
 struct Echo {
-    outbox: mpsc::Sender<Outgoing>,
+    outbox: Outbox,
     closer: Option<oneshot::Sender<writer::CloseRequest>>,
 }
 
@@ -87,7 +88,10 @@ pub async fn route(
     let (response, ws, stream) = actix_ws::handle(&req, body)?;
     drop(ws);
     let stream = writer::limited(stream, node.config.limits.max_frame_bytes);
-    let (tx, rx) = mpsc::channel(node.config.session.outbox_capacity);
+    let (tx, rx) = Outbox::new(
+        node.config.session.outbox_capacity,
+        node.config.session.outbox_bytes,
+    );
     let (close_tx, close_rx) = oneshot::channel();
     Echo::create(move |ctx| {
         ctx.add_stream(stream);

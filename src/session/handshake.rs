@@ -83,6 +83,20 @@ fn authenticate(req: &HttpRequest, node: &Node) -> Result<Option<Claims>, AuthEr
     }
 }
 
+/// The answer to a handshake refused by admission control: 503 or 429 with `Retry-After`.
+fn refuse(node: &Node, refusal: &Refusal) -> HttpResponse {
+    node.stats
+        .connections_refused
+        .fetch_add(1, Ordering::Relaxed);
+    let mut resp = match refusal {
+        Refusal::NodeFull => HttpResponse::ServiceUnavailable(),
+        _ => HttpResponse::TooManyRequests(),
+    };
+    let secs = refusal.retry_after_secs();
+    resp.insert_header((header::RETRY_AFTER, secs.to_string()))
+        .body(format!("{refusal}; retry after {secs} s"))
+}
+
 /// `GET /ws`.
 pub async fn route(
     req: HttpRequest,
@@ -109,6 +123,10 @@ pub async fn route(
     let encoding = protocol
         .and_then(Encoding::from_subprotocol)
         .unwrap_or(Encoding::Json);
+    // The connect rate comes before the signature check, so a flood of forged tokens costs no RSA work.
+    if let Err(refusal) = node.admission.check_rate(req.peer_addr().map(|a| a.ip())) {
+        return Ok(refuse(&node, &refusal));
+    }
     let claims = match authenticate(&req, &node) {
         Ok(c) => c,
         Err(e) => {
@@ -125,19 +143,7 @@ pub async fn route(
         .admit(req.peer_addr().map(|a| a.ip()), user.clone())
     {
         Ok(t) => t,
-        Err(refusal) => {
-            node.stats
-                .connections_refused
-                .fetch_add(1, Ordering::Relaxed);
-            let mut resp = match refusal {
-                Refusal::NodeFull => HttpResponse::ServiceUnavailable(),
-                _ => HttpResponse::TooManyRequests(),
-            };
-            let secs = refusal.retry_after_secs();
-            return Ok(resp
-                .insert_header((header::RETRY_AFTER, secs.to_string()))
-                .body(format!("{refusal}; retry after {secs} s")));
-        }
+        Err(refusal) => return Ok(refuse(&node, &refusal)),
     };
     let protocols: Vec<&str> = protocol.into_iter().collect();
     let (response, ws, stream) = actix_ws::handle_with_protocols(&req, body, &protocols)?;
@@ -147,6 +153,7 @@ pub async fn route(
     let max_chunk = node.config.session.write_buffer_bytes;
     let peer = req.peer_addr();
     let (session, outbox, close) = Session::new(node, encoding, claims, ticket, peer);
+    let stream = super::inflight::Gated::new(stream, session.gate());
     Session::create(move |ctx| {
         ctx.add_stream(stream);
         session

@@ -3,13 +3,18 @@
 //! The session actor lives on the worker thread that accepted the connection. It reads frames from the
 //! socket (`ctx.add_stream`), decodes and validates each through [`crate::protocol`], applies rate limits,
 //! checks permissions and forwards commands to channel actors. Everything it sends goes through the
-//! connection's bounded outbox, drained by the [`writer`] task. It sends WebSocket pings, closes
-//! connections that stop answering, and on the way out removes itself from every channel it joined.
+//! connection's outbox (bounded in frames and in bytes, see [`crate::channel::Outbox`]), drained by the
+//! [`writer`]. At most `session.max_inflight` commands run at once ([`inflight`]); beyond that the
+//! session stops reading its socket. Frames over the rate limit are refused before they are decoded,
+//! and a client that keeps sending after `rate_limited` is closed with 4007. It sends WebSocket pings,
+//! closes connections that stop answering, and on the way out removes itself from every channel it
+//! joined.
 
 pub mod admission;
 mod commands;
 pub mod echo;
 pub mod handshake;
+pub mod inflight;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -21,10 +26,10 @@ use std::time::{Duration, Instant, SystemTime};
 use actix::prelude::*;
 use actix_ws::{AggregatedMessage, ProtocolError};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::auth::Claims;
-use crate::channel::{ChannelActor, Evict, Outbox, Unsubscribe};
+use crate::channel::{ChannelActor, Evict, Outbox, OutboxReceiver, Unsubscribe};
 use crate::node::{Node, SessionEntry, Stats};
 use crate::protocol::{
     encode, CloseCode, DisconnectBody, Encoding, ErrorBody, ErrorCode, FrameError, Outgoing,
@@ -50,6 +55,10 @@ pub struct Session {
     closer: Option<oneshot::Sender<CloseRequest>>,
     subscriptions: HashMap<String, Addr<ChannelActor>>,
     limiter: DefaultDirectRateLimiter,
+    /// Frames refused by the rate limit in a row.
+    rate_limited: u32,
+    /// Commands in flight.
+    gate: inflight::Gate,
     bad_frames: u32,
     last_seen: Instant,
     opened: Instant,
@@ -65,12 +74,11 @@ impl Session {
         claims: Option<Claims>,
         ticket: Ticket,
         peer: Option<SocketAddr>,
-    ) -> (
-        Session,
-        mpsc::Receiver<Outgoing>,
-        oneshot::Receiver<CloseRequest>,
-    ) {
-        let (tx, rx) = mpsc::channel(node.config.session.outbox_capacity);
+    ) -> (Session, OutboxReceiver, oneshot::Receiver<CloseRequest>) {
+        let (tx, rx) = Outbox::new(
+            node.config.session.outbox_capacity,
+            node.config.session.outbox_bytes,
+        );
         let (close_tx, close_rx) = oneshot::channel();
         let limits = &node.config.limits;
         let rate = NonZeroU32::new(limits.messages_per_second).unwrap_or(NonZeroU32::MIN);
@@ -98,12 +106,19 @@ impl Session {
                 Quota::per_second(rate).allow_burst(burst),
                 node.clock.clone(),
             ),
+            rate_limited: 0,
+            gate: inflight::Gate::new(node.config.session.max_inflight),
             bad_frames: 0,
             last_seen: Instant::now(),
             opened: Instant::now(),
             node,
         };
         (session, rx, close_rx)
+    }
+
+    /// The gate to put in front of this session's incoming frames.
+    pub fn gate(&self) -> inflight::Gate {
+        self.gate.clone()
     }
 
     /// Queues a frame; a full outbox makes this connection a slow consumer.
@@ -177,17 +192,21 @@ impl Session {
     fn on_data(&mut self, bytes: &[u8], kind: Encoding, ctx: &mut Context<Self>) {
         Stats::add(&self.node.stats.messages_in, 1);
         if let Err(wait) = self.limiter.check() {
+            // Refused before decoding: a frame over budget costs no parsing (so its `id` is unknown).
             Stats::add(&self.node.stats.rate_limited, 1);
+            self.rate_limited += 1;
+            if self.rate_limited > self.node.config.limits.max_rate_limited {
+                Stats::add(&self.node.stats.rate_limit_closes, 1);
+                return self.close(CloseCode::RateLimitExceeded, None, ctx);
+            }
             let retry = wait
                 .wait_time_from(governor::clock::Clock::now(&self.node.clock))
                 .as_millis() as u64;
-            let id = crate::protocol::decode_request(bytes, self.encoding, &self.limits())
-                .ok()
-                .map(|r| r.id);
-            let err = FrameError::new(id, ErrorCode::RateLimited, "too many frames");
+            let err = FrameError::new(None, ErrorCode::RateLimited, "too many frames");
             self.error(&err, Some(retry.max(1)), ctx);
             return;
         }
+        self.rate_limited = 0;
         if kind != self.encoding {
             let msg = match self.encoding {
                 Encoding::Json => "binary frame on a JSON connection; send text frames",
@@ -221,7 +240,12 @@ impl Session {
         };
         let now = crate::protocol::now_ms() / 1000;
         let leeway = self.node.config.auth.leeway_secs;
-        let left = Duration::from_secs((exp + leeway).saturating_sub(now));
+        // `exp` comes from the token: saturate, and cap the timer at a year (tokens live far less).
+        let left = Duration::from_secs(
+            exp.saturating_add(leeway)
+                .saturating_sub(now)
+                .min(365 * 86_400),
+        );
         self.expiry = Some(ctx.run_later(left, |act, ctx| {
             act.close(CloseCode::TokenExpired, None, ctx);
         }));

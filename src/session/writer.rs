@@ -22,8 +22,9 @@ use std::task::{Context, Poll};
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
+use crate::channel::OutboxReceiver;
 use crate::protocol::{close_frame, Outgoing};
 
 /// Applies the frame-size limit to actix-ws's incoming side and aggregates continuation frames.
@@ -40,7 +41,7 @@ pub fn limited(
 /// Puts an [`OutboxBody`] in place of actix-ws's response body (which it keeps, unpolled).
 pub fn attach(
     response: actix_web::HttpResponse,
-    outbox: mpsc::Receiver<Outgoing>,
+    outbox: OutboxReceiver,
     close: oneshot::Receiver<CloseRequest>,
     max_chunk: usize,
 ) -> actix_web::HttpResponse {
@@ -58,7 +59,7 @@ pub struct CloseRequest {
 
 /// The body of an upgraded connection.
 pub struct OutboxBody {
-    outbox: mpsc::Receiver<Outgoing>,
+    outbox: OutboxReceiver,
     close: oneshot::Receiver<CloseRequest>,
     /// What is left of the frame being handed out. A frame is never interrupted, not even by a close.
     rest: Bytes,
@@ -74,7 +75,7 @@ pub struct OutboxBody {
 impl OutboxBody {
     pub fn new(
         ws_body: BoxBody,
-        outbox: mpsc::Receiver<Outgoing>,
+        outbox: OutboxReceiver,
         close: oneshot::Receiver<CloseRequest>,
         max_chunk: usize,
     ) -> Self {
@@ -158,10 +159,10 @@ mod tests {
         max_chunk: usize,
     ) -> (
         OutboxBody,
-        mpsc::Sender<Outgoing>,
+        crate::channel::Outbox,
         oneshot::Sender<CloseRequest>,
     ) {
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = crate::channel::Outbox::new(16, usize::MAX);
         let (close_tx, close_rx) = oneshot::channel();
         let b = OutboxBody::new(BoxBody::new(()), rx, close_rx, max_chunk);
         (b, tx, close_tx)

@@ -1,6 +1,8 @@
 //! Shared test harness: a real node on port 0 and a small raw WebSocket client speaking both encodings.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -26,6 +28,8 @@ pub fn test_config() -> (Config, tempfile::TempDir) {
     c.server.workers = 2;
     c.server.channel_threads = 2;
     c.storage.group_commit_ms = 1;
+    // The built-in default refuses anonymous clients; most tests connect without a token.
+    c.auth.anonymous = true;
     (c, dir)
 }
 
@@ -231,6 +235,30 @@ pub fn serve_command(data_dir: &std::path::Path) -> std::process::Command {
     ])
     .arg(data_dir);
     cmd
+}
+
+/// Spawns a `herald serve` command (see [`serve_command`]) with piped stdout, waits for its listening
+/// line and keeps draining stdout. The child is killed when dropped. Returns it with its ws:// URL.
+pub async fn start_binary(cmd: std::process::Command) -> (tokio::process::Child, String) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::from(cmd)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn herald");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(TIMEOUT, lines.next_line())
+        .await
+        .expect("herald did not print its listening line in time")
+        .expect("read stdout")
+        .expect("herald exited before listening");
+    let (ws, _) = parse_listening(&line);
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, format!("ws://{ws}/ws"))
 }
 
 /// Parses the binary's first stdout line, `herald listening ws=ADDR admin=ADDR`, into (ws, admin).
