@@ -8,7 +8,7 @@ use actix::prelude::*;
 use futures_util::future::{ready, FutureExt};
 use tokio::sync::oneshot;
 
-use super::replay::{self, ReplayDone, ReplayJob};
+use super::replay::{self, ReplayDone, ReplayJob, ReplayTicket};
 use super::{ChannelError, Evict, Outbox, Publish, Published, Subscribe, Unsubscribe};
 use crate::config::NamespaceOptions;
 use crate::history::{HistoryError, Retention, StoredMessage};
@@ -53,6 +53,7 @@ pub(super) struct Subscriber {
 }
 
 pub(super) struct ReplayState {
+    ticket: Arc<ReplayTicket>,
     /// First offset being replayed; retention must not trim from here on.
     floor: u64,
     buffer: Vec<Arc<Delivery>>,
@@ -73,6 +74,8 @@ pub struct ChannelActor {
     /// Subscribers per encoding (JSON, MessagePack), so a delivery knows which encodings to build
     /// without walking every subscriber.
     per_encoding: [usize; 2],
+    /// Id of the next replay ([`ReplayTicket`]).
+    next_replay: u64,
     pub(super) last_activity: Instant,
     pub(super) last_publish_ms: Option<u64>,
     /// Budget of `join`/`leave` frames (`channel.join_leave_per_second`); `None` when the namespace
@@ -113,6 +116,7 @@ impl ChannelActor {
             pending: VecDeque::new(),
             subscribers: HashMap::new(),
             per_encoding: [0, 0],
+            next_replay: 0,
             last_activity: Instant::now(),
             last_publish_ms: None,
             node,
@@ -253,6 +257,9 @@ impl ChannelActor {
 
     fn remove_subscriber(&mut self, session: &Arc<str>, announce: bool) -> Option<Subscriber> {
         let sub = self.subscribers.remove(session)?;
+        if let Some(r) = &sub.replay {
+            r.ticket.cancel();
+        }
         self.per_encoding[encoding_slot(sub.encoding)] -= 1;
         Stats::gauge(&self.node.stats.subscriptions, -1);
         if announce && self.ns.join_leave {
@@ -355,6 +362,9 @@ impl Actor for ChannelActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        for r in self.subscribers.values().filter_map(|s| s.replay.as_ref()) {
+            r.ticket.cancel();
+        }
         Stats::gauge(&self.node.stats.channels, -1);
         Stats::gauge(
             &self.node.stats.subscriptions,
@@ -483,7 +493,10 @@ impl Handler<Subscribe> for ChannelActor {
         let frame =
             encode(msg.encoding, &reply).map_err(|e| ChannelError::Storage(e.to_string()))?;
         let session = msg.session.clone();
+        self.next_replay += 1;
+        let ticket = ReplayTicket::new(self.next_replay);
         let job = replay_from.map(|after| ReplayJob {
+            ticket: ticket.clone(),
             store: self.node.store.clone(),
             channel: self.name.clone(),
             epoch: self.epoch.clone(),
@@ -507,6 +520,7 @@ impl Handler<Subscribe> for ChannelActor {
                 outbox: msg.outbox,
                 evict: msg.evict,
                 replay: replay_from.map(|after| ReplayState {
+                    ticket,
                     floor: after + 1,
                     buffer: Vec::new(),
                 }),
@@ -530,8 +544,13 @@ impl Handler<Subscribe> for ChannelActor {
         if let Some(job) = job {
             let me = ctx.address();
             actix::spawn(async move {
+                let replay = job.ticket.id;
                 let ok = replay::run(job).await;
-                me.do_send(ReplayDone { session, ok });
+                me.do_send(ReplayDone {
+                    session,
+                    replay,
+                    ok,
+                });
             });
         }
         Ok(())
@@ -546,6 +565,14 @@ impl Handler<ReplayDone> for ChannelActor {
         let Some(sub) = self.subscribers.get_mut(&msg.session) else {
             return;
         };
+        // The end of an older replay (of a subscription since ended) says nothing about this one.
+        if sub
+            .replay
+            .as_ref()
+            .is_none_or(|r| r.ticket.id != msg.replay)
+        {
+            return;
+        }
         let Some(state) = sub.replay.take() else {
             return;
         };

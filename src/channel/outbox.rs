@@ -24,6 +24,8 @@ pub enum OutboxError {
     Full,
     #[error("the connection is gone")]
     Closed,
+    #[error("the sender was cancelled")]
+    Cancelled,
 }
 
 struct Shared {
@@ -101,6 +103,42 @@ impl Outbox {
     /// Queues a frame, waiting for room (in frames and bytes). For producers that may wait, such as a
     /// history replay; never awaited inside an actor's handler.
     pub async fn send(&self, out: Outgoing) -> Result<(), OutboxError> {
+        self.wait_for_room().await?;
+        let len = out.wire_len();
+        self.shared.queued.fetch_add(len, Ordering::AcqRel);
+        self.tx.send(out).await.map_err(|_| {
+            self.shared.queued.fetch_sub(len, Ordering::AcqRel);
+            OutboxError::Closed
+        })
+    }
+
+    /// Like [`Outbox::send`], but the frame is queued only while `cancelled` holds `false`, checked under
+    /// its lock at the moment of queueing. Whoever sets it to `true` under the same lock knows that no
+    /// frame of this sender is queued after that point.
+    pub async fn send_unless(
+        &self,
+        out: Outgoing,
+        cancelled: &std::sync::Mutex<bool>,
+    ) -> Result<(), OutboxError> {
+        loop {
+            self.wait_for_room().await?;
+            let permit = self.tx.reserve().await.map_err(|_| OutboxError::Closed)?;
+            let stop = cancelled.lock().unwrap_or_else(|p| p.into_inner());
+            if *stop {
+                return Err(OutboxError::Cancelled);
+            }
+            if !self.has_room() {
+                continue; // another producer took the byte room meanwhile
+            }
+            self.shared
+                .queued
+                .fetch_add(out.wire_len(), Ordering::AcqRel);
+            permit.send(out);
+            return Ok(());
+        }
+    }
+
+    async fn wait_for_room(&self) -> Result<(), OutboxError> {
         while !self.has_room() {
             let mut notified = pin!(self.shared.room.notified());
             notified.as_mut().enable();
@@ -113,12 +151,7 @@ impl Outbox {
             }
             notified.await;
         }
-        let len = out.wire_len();
-        self.shared.queued.fetch_add(len, Ordering::AcqRel);
-        self.tx.send(out).await.map_err(|_| {
-            self.shared.queued.fetch_sub(len, Ordering::AcqRel);
-            OutboxError::Closed
-        })
+        Ok(())
     }
 
     pub fn is_closed(&self) -> bool {

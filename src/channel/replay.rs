@@ -5,8 +5,14 @@
 //! backlog of any size costs a bounded amount of memory and goes out as ordinary `message` frames. While it
 //! runs, the channel buffers that subscriber's live messages and flushes them when `ReplayDone` arrives: the
 //! seam between replay and live has no gap and no duplicate.
+//!
+//! Every replay has a [`ReplayTicket`]: its id tells the channel which replay a `ReplayDone` is about (an
+//! old replay's end must not end a newer subscription's), and cancelling it (when the subscription ends)
+//! stops the replay before its next frame. A frame is queued only under the ticket's lock while it is not
+//! cancelled, so once the channel has cancelled it, no frame of that replay can follow: not after the
+//! `unsubscribe` reply, not after a new subscription's reply.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use actix::Message;
 
@@ -17,8 +23,30 @@ use crate::protocol::{encode, Encoding, MessageBody, ServerFrame};
 /// Messages read from the store per chunk.
 const CHUNK: usize = 256;
 
+/// Identity and cancellation of one replay.
+#[derive(Debug)]
+pub(super) struct ReplayTicket {
+    pub id: u64,
+    cancelled: Mutex<bool>,
+}
+
+impl ReplayTicket {
+    pub fn new(id: u64) -> Arc<ReplayTicket> {
+        Arc::new(ReplayTicket {
+            id,
+            cancelled: Mutex::new(false),
+        })
+    }
+
+    /// Stops the replay: when this returns, none of its frames will be queued any more.
+    pub fn cancel(&self) {
+        *self.cancelled.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    }
+}
+
 /// What to replay, to whom.
 pub(super) struct ReplayJob {
+    pub ticket: Arc<ReplayTicket>,
     pub store: Store,
     pub channel: Arc<str>,
     pub epoch: Arc<str>,
@@ -35,6 +63,8 @@ pub(super) struct ReplayJob {
 #[rtype(result = "()")]
 pub(super) struct ReplayDone {
     pub session: Arc<str>,
+    /// The [`ReplayTicket`] id of the replay that ended.
+    pub replay: u64,
     pub ok: Result<(), ReplayError>,
 }
 
@@ -50,6 +80,8 @@ pub(super) enum ReplayError {
     Encode(#[from] crate::protocol::EncodeError),
     #[error("the session went away")]
     Closed,
+    #[error("the subscription ended")]
+    Cancelled,
 }
 
 /// Runs one replay to the end.
@@ -80,9 +112,12 @@ pub(super) async fn run(job: ReplayJob) -> Result<(), ReplayError> {
             });
             let out = encode(job.encoding, &frame)?;
             job.outbox
-                .send(out)
+                .send_unless(out, &job.ticket.cancelled)
                 .await
-                .map_err(|_| ReplayError::Closed)?;
+                .map_err(|e| match e {
+                    super::OutboxError::Cancelled => ReplayError::Cancelled,
+                    _ => ReplayError::Closed,
+                })?;
             last = m.offset;
         }
     }
