@@ -320,10 +320,22 @@ async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
     }
 }
 
+/// Closes with 1000 and finishes the closing handshake (RFC 6455 5.5.1): reads until the server's Close
+/// arrives, so the server sees a clean close instead of the socket ending under it. Bounded by 1 s.
 async fn close(conn: &mut Conn) {
     let frame = CloseFrame {
         code: CloseCode::Normal,
         reason: "client closed".into(),
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), conn.ws.close(Some(frame))).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        if conn.ws.close(Some(frame)).await.is_err() {
+            return;
+        }
+        while let Some(Ok(m)) = conn.ws.next().await {
+            if matches!(m, WsMessage::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
