@@ -13,9 +13,21 @@ use futures_util::{SinkExt, StreamExt};
 use herald_client::Client;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
+
+type Callback = fn(&Request, Response) -> Result<Response, ErrorResponse>;
+
+/// The client asks for the JSON subprotocol; a server must name it back.
+#[allow(clippy::result_large_err)] // the signature tungstenite's accept callback requires
+fn echo_protocol(_req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
+    resp.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static("herald.v1.json"),
+    );
+    Ok(resp)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_waits_for_the_servers_close_frame() {
@@ -23,15 +35,7 @@ async fn close_waits_for_the_servers_close_frame() {
     let url = format!("ws://{}/ws", listener.local_addr().unwrap());
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        // The client asks for the JSON subprotocol; a server must name it back.
-        let echo_protocol = |_req: &Request, mut resp: Response| {
-            resp.headers_mut().insert(
-                "sec-websocket-protocol",
-                HeaderValue::from_static("herald.v1.json"),
-            );
-            Ok(resp)
-        };
-        let mut ws = tokio_tungstenite::accept_hdr_async(tcp, echo_protocol)
+        let mut ws = tokio_tungstenite::accept_hdr_async(tcp, echo_protocol as Callback)
             .await
             .unwrap();
         let welcome = json!({"v":1,"type":"welcome","ts":1,"session":"S","node":"N",
