@@ -13,17 +13,10 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-/// Why the configuration could not be loaded.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// A layer could not be read or a key has an unknown name or a bad value; the message names the key.
-    #[error("configuration error: {0}")]
-    Invalid(#[from] Box<figment::Error>),
-    /// Values are individually well-formed but do not make sense together.
-    #[error("configuration error: {key}: {reason}")]
-    Semantic { key: String, reason: String },
-}
+mod error;
+
+use error::describe;
+pub use error::ConfigError;
 
 /// The whole configuration of a node.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -388,6 +381,14 @@ pub struct CliOverrides {
     pub data_dir: Option<PathBuf>,
 }
 
+/// Prefix of the environment variables read as configuration.
+const ENV_PREFIX: &str = "HERALD_";
+
+/// Deserializes the merged layers, with errors that name keys the way the files write them.
+fn extract(fig: Figment) -> Result<Config, ConfigError> {
+    fig.extract().map_err(|e| ConfigError::Invalid(describe(e)))
+}
+
 impl Config {
     /// Loads every layer. `base_file` is the development defaults file (`config/default.toml`), read only if it
     /// exists.
@@ -399,7 +400,7 @@ impl Config {
         if let Some(file) = &cli.config_file {
             fig = fig.merge(Toml::file_exact(file));
         }
-        fig = fig.merge(Env::prefixed("HERALD_").split("__"));
+        fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__"));
         if let Some(v) = cli.listen {
             fig = fig.merge(Serialized::default("server.listen", v));
         }
@@ -409,7 +410,7 @@ impl Config {
         if let Some(v) = &cli.data_dir {
             fig = fig.merge(Serialized::default("server.data_dir", v));
         }
-        let config: Config = fig.extract().map_err(Box::new)?;
+        let config = extract(fig)?;
         config.validate()?;
         Ok(config)
     }
@@ -467,7 +468,8 @@ impl Config {
         {
             return bad(
                 "auth.anonymous",
-                "is false but neither auth.hmac_secret nor auth.rsa_public_key is set: nobody could connect",
+                "is false but neither auth.hmac_secret nor auth.rsa_public_key is set: nobody could connect \
+                 (set HERALD_AUTH__HMAC_SECRET, or auth.rsa_public_key for RS256)",
             );
         }
         if self.history.max_page == 0 {
@@ -582,88 +584,4 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shipped_default_toml_matches_builtin_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
-        let from_file: Config = Figment::from(Toml::file_exact(&path))
-            .extract()
-            .expect("config/default.toml parses");
-        let mut builtin = Config::default();
-        // The one deliberate difference: the development file accepts anonymous clients.
-        assert!(
-            !builtin.auth.anonymous,
-            "the built-in default refuses anonymous clients"
-        );
-        builtin.auth.anonymous = true;
-        assert_eq!(from_file, builtin);
-    }
-
-    #[test]
-    fn values_that_overflow_or_hang_are_refused_with_their_key() {
-        type Breaker = fn(&mut Config);
-        let cases: [(&str, Breaker); 8] = [
-            ("server.shutdown_grace_ms", |c| {
-                c.server.shutdown_grace_ms = u64::MAX
-            }),
-            ("storage.group_commit_ms", |c| {
-                c.storage.group_commit_ms = u64::MAX
-            }),
-            ("storage.cache_mb", |c| c.storage.cache_mb = u64::MAX / 2),
-            ("auth.leeway_secs", |c| c.auth.leeway_secs = u64::MAX),
-            ("channel.replay_buffer", |c| c.channel.replay_buffer = 0),
-            ("limits.max_channels", |c| c.limits.max_channels = 0),
-            ("limits.max_publish_bytes", |c| {
-                c.limits.max_publish_bytes = c.limits.max_frame_bytes + 1
-            }),
-            ("session.max_inflight", |c| c.session.max_inflight = 0),
-        ];
-        for (key, break_it) in cases {
-            let mut c = Config::default();
-            c.auth.anonymous = true;
-            c.validate().expect("defaults (with anonymous) are valid");
-            break_it(&mut c);
-            let err = c.validate().expect_err(key).to_string();
-            assert!(err.contains(key), "{key}: {err}");
-        }
-    }
-
-    #[test]
-    fn production_example_parses() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.example.toml");
-        let fig =
-            Figment::from(Serialized::defaults(Config::default())).merge(Toml::file_exact(&path));
-        let cfg: Config = fig.extract().expect("production example parses");
-        cfg.validate().expect("production example is valid");
-    }
-
-    #[test]
-    fn unknown_key_is_named() {
-        let fig = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::string("[server]\nlisten_addr = \"1.2.3.4:5\"\n"));
-        let err = fig.extract::<Config>().unwrap_err().to_string();
-        assert!(err.contains("listen_addr"), "{err}");
-    }
-
-    #[test]
-    fn bad_value_is_named() {
-        let fig = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::string("[session]\nheartbeat_ms = \"often\"\n"));
-        let err = fig.extract::<Config>().unwrap_err().to_string();
-        assert!(err.contains("heartbeat_ms"), "{err}");
-    }
-
-    #[test]
-    fn namespace_inherits_from_default() {
-        let fig = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(
-            "[namespaces.default]\njoin_leave = true\n[namespaces.feed]\nallow_publish = false\n",
-        ));
-        let cfg: Config = fig.extract().unwrap();
-        let feed = cfg.namespace("feed");
-        assert!(!feed.allow_publish);
-        assert!(feed.join_leave, "inherited from default");
-        assert!(cfg.namespace("unknown").allow_publish);
-    }
-}
+mod tests;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use herald::config::{CliOverrides, Config};
-use herald::server::{self, Listeners};
+use herald::server::{self, Listeners, ServerError};
 
 /// jemalloc instead of glibc's malloc, for memory that comes back after bursts: with glibc an idle
 /// connection kept what a burst of large messages made its buffers grow to (S1 in docs/benchmarks.md);
@@ -137,10 +137,13 @@ enum LogFormat {
 }
 
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal: files, pipes and journald get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -210,6 +213,11 @@ fn serve(cli: CliOverrides, log_format: LogFormat) -> ExitCode {
     ));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A key file named by the configuration that cannot be read or parsed is a configuration error.
+        Err(ServerError::Auth(e)) => {
+            eprintln!("herald: configuration error: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("herald: {e}");
             ExitCode::from(1)

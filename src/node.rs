@@ -1,6 +1,7 @@
 //! The state one node shares between its listeners, sessions and channels.
 //!
-//! [`AuthError::REASONS`](crate::auth::AuthError::REASONS) labels `auth_failures`.
+//! [`AuthError::REASONS`](crate::auth::AuthError::REASONS) labels `auth_failures`, [`RefusedBy`] labels
+//! `connections_refused`.
 //!
 //! Everything here is either immutable (config, ids) or a small thread-safe registry, so sessions on any
 //! worker and channel actors on any arbiter can reach it without going through one actor.
@@ -19,7 +20,7 @@ use crate::cluster::Log;
 use crate::config::Config;
 use crate::history::Store;
 use crate::metrics::{Histogram, LATENCY_BUCKETS, LIFETIME_BUCKETS};
-use crate::session::admission::Admission;
+use crate::session::admission::{Admission, RefusalLog, RefusedBy};
 
 /// Counters, gauges and histograms of a node. Gauges are signed so a racing decrement never wraps.
 /// The admin module renders them (and the store's flush histogram) as Prometheus metrics.
@@ -44,8 +45,9 @@ pub struct Stats {
     pub publish_to_deliver: Histogram,
     /// Refused handshakes and refreshes, by [`AuthError::REASONS`] index.
     pub auth_failures: [AtomicU64; crate::auth::AuthError::REASONS.len()],
-    /// Handshakes refused by admission control (connection limits and connect rate).
-    pub connections_refused: AtomicU64,
+    /// Refused handshakes, by [`RefusedBy::index`] (every reason: Origin, subprotocol, draining, token,
+    /// connection limits, connect rate).
+    pub connections_refused: [AtomicU64; RefusedBy::ALL.len()],
     /// `join`/`leave` frames not sent because their channel was over `channel.join_leave_per_second`.
     pub join_leave_suppressed: AtomicU64,
     /// Connections closed with 4007 for flooding after `rate_limited`.
@@ -70,7 +72,7 @@ impl Default for Stats {
             connection_lifetime: Histogram::new(LIFETIME_BUCKETS),
             publish_to_deliver: Histogram::new(LATENCY_BUCKETS),
             auth_failures: Default::default(),
-            connections_refused: AtomicU64::new(0),
+            connections_refused: Default::default(),
             join_leave_suppressed: AtomicU64::new(0),
             rate_limit_closes: AtomicU64::new(0),
         }
@@ -144,6 +146,8 @@ pub struct Node {
     pub config: Arc<Config>,
     pub auth: Arc<Authenticator>,
     pub admission: Arc<Admission>,
+    /// Rate limit of the log lines about refused handshakes.
+    pub refusal_log: RefusalLog,
     pub store: Store,
     pub log: Arc<dyn Log>,
     pub channels: Registry,
@@ -172,6 +176,7 @@ impl Node {
         Node {
             id,
             admission: Admission::new(&config.limits),
+            refusal_log: RefusalLog::default(),
             auth,
             config,
             store,

@@ -14,6 +14,7 @@ use super::NodeData;
 use crate::auth::AuthError;
 use crate::metrics::HistogramSnapshot;
 use crate::node::{Node, Stats};
+use crate::session::admission::RefusedBy;
 
 /// Content type of the Prometheus text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -190,11 +191,20 @@ pub fn render(node: &Node) -> String {
             count(c)
         );
     }
-    o.counter(
+    o.head(
         "herald_connections_refused_total",
-        "Handshakes refused by admission control (connection limits and connect rate).",
-        count(&s.connections_refused),
+        "counter",
+        "Client handshakes refused, by reason (origin, subprotocol, draining, auth, node_full, per_ip, \
+         per_user, rate).",
     );
+    for (by, c) in RefusedBy::ALL.iter().zip(&s.connections_refused) {
+        let _ = writeln!(
+            o.0,
+            "herald_connections_refused_total{{reason=\"{}\"}} {}",
+            by.label(),
+            count(c)
+        );
+    }
     o.head(
         "herald_admin_auth_failures_total",
         "counter",
@@ -241,6 +251,9 @@ pub fn render(node: &Node) -> String {
 }
 
 /// The `/metrics` handler (no token: keep the admin listener private).
+#[utoipa::path(get, path = "/metrics", tag = "probes",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4 (no token)",
+        body = String, content_type = "text/plain; version=0.0.4; charset=utf-8")))]
 pub(crate) async fn handler(node: NodeData) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(CONTENT_TYPE)

@@ -7,7 +7,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{channels, error, node_info, publish, sessions};
+use super::{channels, error, metrics, node_info, publish, sessions};
 
 /// The admin API's OpenAPI document.
 #[derive(OpenApi)]
@@ -30,6 +30,8 @@ use super::{channels, error, node_info, publish, sessions};
         node_info::node,
         node_info::healthz,
         node_info::readyz,
+        metrics::handler,
+        handler,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     modifiers(&BearerAuth),
@@ -38,7 +40,8 @@ use super::{channels, error, node_info, publish, sessions};
         (name = "publish", description = "Publishing from the server side"),
         (name = "connections", description = "Live connections and disconnects"),
         (name = "node", description = "Node summary"),
-        (name = "probes", description = "Health and readiness (no token)"),
+        (name = "probes", description = "Health, readiness and Prometheus metrics (no token)"),
+        (name = "api", description = "This document"),
     )
 )]
 pub struct ApiDoc;
@@ -62,6 +65,10 @@ impl Modify for BearerAuth {
 }
 
 /// Serves the document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "api",
+    responses((status = 200, description = "this OpenAPI 3 document", content_type = "application/json"),
+        (status = 401, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn handler() -> HttpResponse {
     match ApiDoc::openapi().to_json() {
         Ok(json) => HttpResponse::Ok()

@@ -161,12 +161,44 @@ fn read_id(map: &[(Value, Value)]) -> Result<RequestId, String> {
     }
 }
 
-/// Turns a decoded frame into a request. The order of checks is part of the contract: an unreadable id
-/// yields `id: null`, then the version, then the type, then the fields.
+/// The fields of every client frame, in the order the docs list them.
+const ENVELOPE: [&str; 3] = ["v", "type", "id"];
+
+/// The one error for a frame that lacks `type` or `id`: every missing envelope field at once, and where
+/// the frame's shape is described.
+fn missing_envelope(missing: &[&str]) -> String {
+    let names: Vec<String> = missing.iter().map(|n| format!("`{n}`")).collect();
+    let list = match names.split_last() {
+        Some((last, [])) => format!("field {last}"),
+        Some((last, rest)) => format!("fields {} and {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    format!(
+        "missing {list}: every client frame carries `v` (1), `type` (the command) and `id` (a string \
+         or integer echoed in the answer), e.g. {{\"v\":1,\"type\":\"subscribe\",\"id\":1,\"channel\":\"chat:a\"}}; \
+         see docs/protocol.md (Envelope)"
+    )
+}
+
+/// Turns a decoded frame into a request. The order of checks is part of the contract: a frame without
+/// `type` or `id` gets one `bad_request` naming every missing envelope field (`v` too); then an
+/// unreadable id yields `id: null`, then the version (a missing `v` is `unsupported_version`), then the
+/// type, then the fields.
 pub(super) fn parse(frame: Value, limits: &DecodeLimits) -> Result<Request, FrameError> {
     let Value::Map(map) = frame else {
         return Err(FrameError::bad(None, "frame must be an object"));
     };
+    let present = |name: &str| {
+        map.iter()
+            .any(|(k, v)| k.as_str() == Some(name) && !v.is_nil())
+    };
+    if !(present("type") && present("id")) {
+        let missing: Vec<&str> = ENVELOPE.into_iter().filter(|n| !present(n)).collect();
+        return Err(FrameError::bad(
+            read_id(&map).ok(),
+            missing_envelope(&missing),
+        ));
+    }
     let id = read_id(&map).map_err(|m| FrameError::bad(None, m))?;
     let f = Fields {
         map: &map,

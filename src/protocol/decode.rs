@@ -156,6 +156,36 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_without_type_or_id_gets_one_error_naming_every_missing_field() {
+        let both = |v: serde_json::Value| {
+            let mp = rmp_serde::to_vec_named(&v).unwrap();
+            let from_json = json(&v.to_string()).unwrap_err();
+            let from_mp =
+                decode_request(&mp, Encoding::Msgpack, &DecodeLimits::default()).unwrap_err();
+            assert_eq!(from_json, from_mp, "{v}");
+            from_json
+        };
+        let e = both(serde_json::json!({"cmd": "subscribe", "channel": "x"}));
+        assert_eq!((e.code, e.id), (ErrorCode::BadRequest, None));
+        for field in ["`v`", "`type`", "`id`", "docs/protocol.md"] {
+            assert!(e.message.contains(field), "{field}: {}", e.message);
+        }
+        let e = both(serde_json::json!({"v": 1, "id": 5, "channel": "x"}));
+        assert_eq!(
+            (e.code, e.id.clone()),
+            (ErrorCode::BadRequest, Some(RequestId::UInt(5)))
+        );
+        assert!(
+            e.message.starts_with("missing field `type`:"),
+            "{}",
+            e.message
+        );
+        let e = both(serde_json::json!({"type": "ping", "id": "a", "v": null}));
+        assert_eq!(e.code, ErrorCode::UnsupportedVersion, "{}", e.message);
+        assert_eq!(e.id, Some(RequestId::Str("a".into())));
+    }
+
+    #[test]
     fn deep_nesting_is_refused_in_both_encodings() {
         let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
         let frame = format!(r#"{{"v":1,"type":"publish","id":1,"channel":"a","data":{deep}}}"#);

@@ -45,6 +45,117 @@ impl Refusal {
             Refusal::Rate { retry_after } => retry_after.as_secs().max(1),
         }
     }
+
+    /// The reason label this refusal is counted under.
+    pub fn refused_by(&self) -> RefusedBy {
+        match self {
+            Refusal::NodeFull => RefusedBy::NodeFull,
+            Refusal::PerIp => RefusedBy::PerIp,
+            Refusal::PerUser => RefusedBy::PerUser,
+            Refusal::Rate { .. } => RefusedBy::Rate,
+        }
+    }
+}
+
+/// Every reason a handshake can be refused for: the `reason` label of `herald_connections_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedBy {
+    /// `Origin` not in `server.allowed_origins` (403).
+    Origin,
+    /// Only unknown subprotocols offered (400).
+    Subprotocol,
+    /// The node is shutting down (503).
+    Draining,
+    /// Missing or invalid token (401).
+    Auth,
+    /// `limits.max_connections` (503).
+    NodeFull,
+    /// `limits.max_connections_per_ip` (429).
+    PerIp,
+    /// `limits.max_connections_per_user` (429).
+    PerUser,
+    /// `limits.connects_per_second_per_ip` (429).
+    Rate,
+}
+
+impl RefusedBy {
+    /// Every reason, in label order.
+    pub const ALL: [RefusedBy; 8] = [
+        RefusedBy::Origin,
+        RefusedBy::Subprotocol,
+        RefusedBy::Draining,
+        RefusedBy::Auth,
+        RefusedBy::NodeFull,
+        RefusedBy::PerIp,
+        RefusedBy::PerUser,
+        RefusedBy::Rate,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            RefusedBy::Origin => "origin",
+            RefusedBy::Subprotocol => "subprotocol",
+            RefusedBy::Draining => "draining",
+            RefusedBy::Auth => "auth",
+            RefusedBy::NodeFull => "node_full",
+            RefusedBy::PerIp => "per_ip",
+            RefusedBy::PerUser => "per_user",
+            RefusedBy::Rate => "rate",
+        }
+    }
+
+    /// Position in [`RefusedBy::ALL`] (and in the node's refusal counters).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Shortest time between two log lines about refusals of one reason.
+pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Rate limit of the refusal log: at most one line per reason per [`REFUSAL_LOG_EVERY`], so a flood of
+/// refused handshakes cannot flood the log; the next line says how many were not logged in between.
+pub struct RefusalLog {
+    started: Instant,
+    /// Per reason: milliseconds after `started` before which nothing is logged.
+    next_ms: [AtomicU64; RefusedBy::ALL.len()],
+    /// Per reason: refusals not logged since the last line.
+    suppressed: [AtomicU64; RefusedBy::ALL.len()],
+}
+
+impl Default for RefusalLog {
+    fn default() -> Self {
+        RefusalLog {
+            started: Instant::now(),
+            next_ms: Default::default(),
+            suppressed: Default::default(),
+        }
+    }
+}
+
+impl RefusalLog {
+    /// Whether a refusal for `reason` is logged now; `Some(n)` says `n` earlier ones were not.
+    pub fn should_log(&self, reason: RefusedBy) -> Option<u64> {
+        self.should_log_at(reason, self.started.elapsed())
+    }
+
+    fn should_log_at(&self, reason: RefusedBy, now: Duration) -> Option<u64> {
+        let i = reason.index();
+        let now = now.as_millis() as u64;
+        let next = self.next_ms[i].load(Ordering::Relaxed);
+        let every = REFUSAL_LOG_EVERY.as_millis() as u64;
+        if now >= next
+            && self.next_ms[i]
+                .compare_exchange(next, now + every, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.suppressed[i].swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed[i].fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 /// How often the connect-rate limiter forgets addresses whose bucket is full again.
@@ -269,6 +380,33 @@ mod tests {
         );
         let mapped: IpAddr = "::ffff:10.0.0.7".parse().unwrap();
         assert_eq!(a.key_of(mapped), "10.0.0.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn refusal_log_writes_one_line_per_reason_per_interval_and_counts_the_rest() {
+        let log = RefusalLog::default();
+        let at = Duration::from_millis;
+        assert_eq!(log.should_log_at(RefusedBy::Origin, at(0)), Some(0));
+        for _ in 0..4 {
+            assert_eq!(log.should_log_at(RefusedBy::Origin, at(10)), None);
+        }
+        assert_eq!(
+            log.should_log_at(RefusedBy::Auth, at(10)),
+            Some(0),
+            "each reason has its own budget"
+        );
+        assert_eq!(log.should_log_at(RefusedBy::Origin, at(999)), None);
+        assert_eq!(
+            log.should_log_at(RefusedBy::Origin, at(1000)),
+            Some(5),
+            "the next line counts those not logged"
+        );
+        assert_eq!(log.should_log_at(RefusedBy::Origin, at(1500)), None);
+        assert_eq!(log.should_log_at(RefusedBy::Origin, at(2000)), Some(1));
+        assert_eq!(
+            RefusedBy::ALL.map(RefusedBy::index),
+            [0, 1, 2, 3, 4, 5, 6, 7]
+        );
     }
 
     #[test]

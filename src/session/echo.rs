@@ -12,7 +12,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, ProtocolError};
 use tokio::sync::oneshot;
 
-use super::{protocol_close, writer};
+use super::{close_reply_code, protocol_close, writer};
 use crate::channel::Outbox;
 use crate::node::Node;
 use crate::protocol::{CloseCode, Outgoing, WsFrame};
@@ -57,13 +57,7 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Echo {
             Ok(AggregatedMessage::Ping(p)) => self.push(Outgoing::Pong(p), ctx),
             Ok(AggregatedMessage::Pong(_)) => {}
             Ok(AggregatedMessage::Close(reason)) => {
-                // Echo a valid close code back; an invalid one is a protocol error.
-                let code = match reason.map(|r| u16::from(r.code)) {
-                    None => CloseCode::Normal.code(),
-                    Some(c) if valid_close_code(c) => c,
-                    Some(_) => CloseCode::ProtocolError.code(),
-                };
-                self.close(code, ctx);
+                self.close(close_reply_code(reason.map(|r| u16::from(r.code))), ctx)
             }
             Err(e) => self.close(protocol_close(&e).code(), ctx),
         }
@@ -72,11 +66,6 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Echo {
     fn finished(&mut self, ctx: &mut Self::Context) {
         ctx.stop();
     }
-}
-
-/// Close codes a peer may send (RFC 6455 7.4).
-fn valid_close_code(c: u16) -> bool {
-    matches!(c, 1000..=1003 | 1007..=1011 | 3000..=4999)
 }
 
 /// `GET /conformance/echo`.

@@ -9,7 +9,7 @@ use actix::{Actor, AsyncContext};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::admission::Refusal;
+use super::admission::{Refusal, RefusedBy};
 use super::{writer, Session};
 use crate::auth::{AuthError, Claims};
 use crate::node::Node;
@@ -83,11 +83,40 @@ fn authenticate(req: &HttpRequest, node: &Node) -> Result<Option<Claims>, AuthEr
     }
 }
 
+/// Counts a refused handshake under its reason and logs it at info: at most one line per reason per
+/// second ([`crate::session::admission::RefusalLog`]), with how many were not logged since the last one.
+/// Origin refusals name the refused origin, so a developer sees which entry `server.allowed_origins`
+/// lacks.
+fn refused(node: &Node, req: &HttpRequest, by: RefusedBy, why: &dyn std::fmt::Display) {
+    node.stats.connections_refused[by.index()].fetch_add(1, Ordering::Relaxed);
+    let Some(suppressed) = node.refusal_log.should_log(by) else {
+        return;
+    };
+    let peer = req
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    if by == RefusedBy::Origin {
+        // Client-controlled: Debug-quoted (escapes control characters) and cut to a sane length.
+        let origin: String = req
+            .headers()
+            .get(header::ORIGIN)
+            .map(|o| {
+                String::from_utf8_lossy(o.as_bytes())
+                    .chars()
+                    .take(200)
+                    .collect()
+            })
+            .unwrap_or_default();
+        tracing::info!(reason = %by.label(), %peer, ?origin, suppressed, "handshake refused: {why}");
+    } else {
+        tracing::info!(reason = %by.label(), %peer, suppressed, "handshake refused: {why}");
+    }
+}
+
 /// The answer to a handshake refused by admission control: 503 or 429 with `Retry-After`.
-fn refuse(node: &Node, refusal: &Refusal) -> HttpResponse {
-    node.stats
-        .connections_refused
-        .fetch_add(1, Ordering::Relaxed);
+fn refuse(node: &Node, req: &HttpRequest, refusal: &Refusal) -> HttpResponse {
+    refused(node, req, refusal.refused_by(), refusal);
     let mut resp = match refusal {
         Refusal::NodeFull => HttpResponse::ServiceUnavailable(),
         _ => HttpResponse::TooManyRequests(),
@@ -105,19 +134,37 @@ pub async fn route(
 ) -> Result<HttpResponse, actix_web::Error> {
     let node: Arc<Node> = node.get_ref().clone();
     if node.is_draining() {
+        refused(
+            &node,
+            &req,
+            RefusedBy::Draining,
+            &"the node is shutting down",
+        );
         return Ok(HttpResponse::ServiceUnavailable()
             .insert_header((header::RETRY_AFTER, "1"))
             .body("node is shutting down; retry another node or later"));
     }
     if !origin_allowed(&req, &node.config.server.allowed_origins) {
+        refused(
+            &node,
+            &req,
+            RefusedBy::Origin,
+            &"origin not in server.allowed_origins",
+        );
         return Ok(HttpResponse::Forbidden().body("origin not allowed"));
     }
     let protocol = match choose_subprotocol(&req) {
         Ok(p) => p,
         Err(()) => {
+            refused(
+                &node,
+                &req,
+                RefusedBy::Subprotocol,
+                &"only unknown subprotocols offered",
+            );
             return Ok(HttpResponse::BadRequest().body(format!(
                 "unsupported subprotocol; supported: {SUBPROTOCOL_JSON}, {SUBPROTOCOL_MSGPACK}"
-            )))
+            )));
         }
     };
     let encoding = protocol
@@ -125,13 +172,13 @@ pub async fn route(
         .unwrap_or(Encoding::Json);
     // The connect rate comes before the signature check, so a flood of forged tokens costs no RSA work.
     if let Err(refusal) = node.admission.check_rate(req.peer_addr().map(|a| a.ip())) {
-        return Ok(refuse(&node, &refusal));
+        return Ok(refuse(&node, &req, &refusal));
     }
     let claims = match authenticate(&req, &node) {
         Ok(c) => c,
         Err(e) => {
             node.stats.auth_failures[e.index()].fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(reason = e.reason(), "handshake refused: authentication");
+            refused(&node, &req, RefusedBy::Auth, &e);
             return Ok(HttpResponse::Unauthorized()
                 .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
                 .body(format!("unauthorized: {e}")));
@@ -143,7 +190,7 @@ pub async fn route(
         .admit(req.peer_addr().map(|a| a.ip()), user.clone())
     {
         Ok(t) => t,
-        Err(refusal) => return Ok(refuse(&node, &refusal)),
+        Err(refusal) => return Ok(refuse(&node, &req, &refusal)),
     };
     let protocols: Vec<&str> = protocol.into_iter().collect();
     let (response, ws, stream) = actix_ws::handle_with_protocols(&req, body, &protocols)?;

@@ -157,9 +157,9 @@ impl Session {
 
     /// Sends `disconnect`, then closes the socket with the same code, and stops the actor.
     fn close(&mut self, code: CloseCode, reason: Option<&str>, ctx: &mut Context<Self>) {
-        let Some(closer) = self.closer.take() else {
+        if self.closer.is_none() {
             return;
-        };
+        }
         let reason = reason.unwrap_or(code.reason());
         let last = encode(
             self.encoding,
@@ -170,10 +170,24 @@ impl Session {
             }),
         )
         .ok();
-        tracing::debug!(session = %self.id, code = code.code(), reason, "closing session");
+        self.end(last, code.code(), reason, ctx);
+    }
+
+    /// Answers the client's own close frame with a close frame only (RFC 6455 5.5.1): its code echoed, no
+    /// `disconnect` frame before it (the client is leaving; there is nothing to advise).
+    fn closed_by_client(&mut self, code: Option<u16>, ctx: &mut Context<Self>) {
+        self.end(None, close_reply_code(code), "", ctx);
+    }
+
+    /// Hands the writer its last frames (`last`, then a close frame with `code`) and stops the actor.
+    fn end(&mut self, last: Option<Outgoing>, code: u16, reason: &str, ctx: &mut Context<Self>) {
+        let Some(closer) = self.closer.take() else {
+            return;
+        };
+        tracing::debug!(session = %self.id, code, reason, "closing session");
         let _ = closer.send(CloseRequest {
             last,
-            code: code.code(),
+            code,
             reason: reason.to_string(),
         });
         ctx.stop();
@@ -251,13 +265,32 @@ impl Session {
         }));
     }
 
-    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+    /// Closes the connection with 4002 once it has sent nothing for `session.heartbeat_timeout_ms`. One
+    /// timer per connection, armed for the deadline: when it fires early because something arrived in
+    /// between, it re-arms for the rest. So a silent client is closed at the timeout (to the timer's
+    /// precision, a millisecond), not at the next ping tick, and the timer fires about once per timeout.
+    fn watch_silence(&mut self, ctx: &mut Context<Self>) {
         let timeout = Duration::from_millis(self.node.config.session.heartbeat_timeout_ms);
-        if self.last_seen.elapsed() > timeout {
-            self.close(CloseCode::HeartbeatTimeout, None, ctx);
-            return;
+        let silent = self.last_seen.elapsed();
+        if silent >= timeout {
+            return self.close(CloseCode::HeartbeatTimeout, None, ctx);
         }
-        self.push(Outgoing::Ping, ctx);
+        ctx.run_later(timeout - silent, |act, ctx| act.watch_silence(ctx));
+    }
+}
+
+/// Close codes a peer may send (RFC 6455 7.4).
+fn valid_close_code(c: u16) -> bool {
+    matches!(c, 1000..=1003 | 1007..=1011 | 3000..=4999)
+}
+
+/// The code to answer a peer's close frame with: its own code echoed, 1000 when it sent none, 1002 when it
+/// sent one a peer may not send.
+pub(crate) fn close_reply_code(code: Option<u16>) -> u16 {
+    match code {
+        None => CloseCode::Normal.code(),
+        Some(c) if valid_close_code(c) => c,
+        Some(_) => CloseCode::ProtocolError.code(),
     }
 }
 
@@ -310,7 +343,8 @@ impl Actor for Session {
             ctx,
         );
         let every = Duration::from_millis(self.node.config.session.heartbeat_ms);
-        ctx.run_interval(every, |act, ctx| act.heartbeat(ctx));
+        ctx.run_interval(every, |act, ctx| act.push(Outgoing::Ping, ctx));
+        self.watch_silence(ctx);
         self.arm_expiry(ctx);
         if self.node.is_draining() {
             self.close(CloseCode::GoingAway, None, ctx);
@@ -344,7 +378,9 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Session {
             Ok(AggregatedMessage::Binary(b)) => self.on_data(&b, Encoding::Msgpack, ctx),
             Ok(AggregatedMessage::Ping(p)) => self.push(Outgoing::Pong(p), ctx),
             Ok(AggregatedMessage::Pong(_)) => {}
-            Ok(AggregatedMessage::Close(_)) => self.close(CloseCode::Normal, None, ctx),
+            Ok(AggregatedMessage::Close(reason)) => {
+                self.closed_by_client(reason.map(|r| u16::from(r.code)), ctx)
+            }
             Err(e) => {
                 tracing::debug!(session = %self.id, error = %e, "websocket protocol error");
                 self.close(protocol_close(&e), None, ctx);
