@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use actix::Recipient;
 
 use crate::auth::Authenticator;
-use crate::channel::{Evict, Registry};
+use crate::channel::{Applier, Evict, Registry};
 use crate::cluster::Log;
 use crate::config::Config;
 use crate::history::Store;
@@ -150,6 +150,8 @@ pub struct Node {
     pub refusal_log: RefusalLog,
     pub store: Store,
     pub log: Arc<dyn Log>,
+    /// This node's proposals waiting to be applied (see [`crate::channel::Applier`]).
+    pub applier: Applier,
     pub channels: Registry,
     pub sessions: Sessions,
     pub stats: Stats,
@@ -181,6 +183,7 @@ impl Node {
             config,
             store,
             log,
+            applier: Applier::default(),
             channels,
             sessions: Sessions::default(),
             stats: Stats::default(),

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use crate::admin;
 use crate::auth::Authenticator;
 use crate::channel::{Evict, Registry};
-use crate::cluster::LocalLog;
+use crate::cluster::{LocalLog, Log};
 use crate::config::Config;
 use crate::history::{Store, StoreConfig};
 use crate::node::Node;
@@ -73,8 +73,21 @@ fn threads(configured: usize) -> usize {
     }
 }
 
+/// Builds the node's [`Log`] on its store. The default is [`LocalLog`]; tests inject logs that delay,
+/// re-deliver or fail entries ([`spawn_with_log`]).
+pub type LogFactory =
+    Box<dyn FnOnce(&Store) -> Result<Arc<dyn Log>, crate::history::HistoryError> + Send>;
+
+fn local_log() -> LogFactory {
+    Box::new(|store| Ok(Arc::new(LocalLog::open(store.clone())?) as Arc<dyn Log>))
+}
+
 /// Opens storage and builds the shared node state. Must run inside an actix system.
 pub fn build_node(config: Config) -> Result<Arc<Node>, ServerError> {
+    build_node_with(config, local_log())
+}
+
+fn build_node_with(config: Config, make_log: LogFactory) -> Result<Arc<Node>, ServerError> {
     let auth = Authenticator::from_config(&config.auth)?;
     if config.auth.anonymous {
         tracing::warn!("auth.anonymous = true: connections without a token are accepted; do not use in production");
@@ -96,7 +109,10 @@ pub fn build_node(config: Config) -> Result<Arc<Node>, ServerError> {
         threads(config.server.channel_threads),
         config.limits.max_channels,
     );
-    let log = Arc::new(LocalLog::new(store.clone()));
+    let log = make_log(&store).map_err(|source| ServerError::Storage {
+        path: path.display().to_string(),
+        source,
+    })?;
     Ok(Arc::new(Node::new(
         Arc::new(config),
         auth,
@@ -123,8 +139,19 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(Arc<Node>),
 ) -> Result<(), ServerError> {
+    run_inner(listeners, config, local_log(), shutdown, on_ready).await
+}
+
+async fn run_inner(
+    listeners: Listeners,
+    config: Config,
+    make_log: LogFactory,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(Arc<Node>),
+) -> Result<(), ServerError> {
     admin::log_token_status(&config);
-    let node = build_node(config)?;
+    let node = build_node_with(config, make_log)?;
+    crate::channel::start_applier(node.clone(), &node.channels.applier_arbiter());
     crate::channel::start_sweeper(node.clone());
     let workers = threads(node.config.server.workers);
     let data = web::Data::new(node.clone());
@@ -258,6 +285,11 @@ impl Drop for RunningNode {
 
 /// Binds the config's addresses and runs a node on a new thread until [`RunningNode::shutdown`].
 pub fn spawn(config: Config) -> Result<RunningNode, ServerError> {
+    spawn_with_log(config, local_log())
+}
+
+/// Like [`spawn`], with the node's log built by `make_log` (tests: a log that misbehaves on purpose).
+pub fn spawn_with_log(config: Config, make_log: LogFactory) -> Result<RunningNode, ServerError> {
     let listeners = Listeners::bind(&config)?;
     let client_addr = listeners.client.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
@@ -270,7 +302,7 @@ pub fn spawn(config: Config) -> Result<RunningNode, ServerError> {
                 let signal = async move {
                     let _ = stop_rx.await;
                 };
-                run_with(listeners, config, signal, move |node| {
+                run_inner(listeners, config, make_log, signal, move |node| {
                     let _ = node_tx.send(node);
                 })
                 .await

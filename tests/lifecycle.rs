@@ -72,7 +72,11 @@ async fn idle_channel_actors_stop_and_restart_with_their_history() {
     let stats = &node.node().stats;
     let mut c = Client::connect(&node.ws_url(), Enc::Json).await;
     for i in 0..3 {
-        c.publish(&format!("idle:{i}"), json!(i)).await;
+        // Publishing starts no actor (the applier writes without one); a subscription does.
+        let ch = format!("idle:{i}");
+        c.publish(&ch, json!(i)).await;
+        c.subscribe(&ch).await;
+        c.ok(json!({"type": "unsubscribe", "channel": ch})).await;
     }
     let s = c.subscribe("busy").await;
     assert_eq!(stats.channels.load(Ordering::Relaxed), 4);

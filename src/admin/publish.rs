@@ -100,20 +100,15 @@ pub(crate) async fn publish(
             ),
         ));
     }
-    let addr = node
-        .channels
-        .get_or_start(&node, &channel)
-        .map_err(|e| ApiError::from_channel(&e))?;
-    let p = addr
-        .send(Publish {
-            data,
-            raw,
-            from: None,
-            publisher: crate::channel::ADMIN_PUBLISHER.to_string(),
-            key,
-        })
+    let msg = Publish {
+        channel,
+        raw,
+        from: None,
+        publisher: crate::channel::ADMIN_PUBLISHER.to_string(),
+        key,
+    };
+    let p = crate::channel::publish(&node, msg)
         .await
-        .map_err(ApiError::mailbox)?
         .map_err(|e| ApiError::from_channel(&e))?;
     Ok(HttpResponse::Ok().json(PublishResponse {
         id: p.id,

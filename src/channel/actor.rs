@@ -1,31 +1,24 @@
-//! The channel actor: sequencing, durability, fan-out, subscribers and presence of one channel.
+//! The channel actor: fan-out, subscribers and presence of one channel.
+//!
+//! It does not decide the order of messages: the node's applier applies committed log entries to the
+//! store and hands the channel each applied message ([`Delivered`]), in log order, which it encodes once
+//! per encoding and queues for its subscribers.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use futures_util::future::{ready, FutureExt};
-use tokio::sync::oneshot;
 
+use super::applier::{Delivered, ResetApplied};
 use super::replay::{self, ReplayDone, ReplayJob, ReplayTicket};
-use super::{ChannelError, Evict, Outbox, Publish, Published, Subscribe, Unsubscribe};
+use super::{ChannelError, Evict, Outbox, Subscribe, Unsubscribe};
 use crate::config::NamespaceOptions;
-use crate::history::{HistoryError, Retention, StoredMessage};
+use crate::history::{HistoryError, Retention};
 use crate::node::{Node, Stats};
 use crate::protocol::{
     self, encode, results, CloseCode, Encoding, MessageBody, Outgoing, PresenceBody, ServerFrame,
 };
-
-/// A message appended to the log but not yet durable: not delivered, not acknowledged.
-pub(super) struct Pending {
-    offset: u64,
-    accepted: Instant,
-    id: String,
-    from: Option<Arc<str>>,
-    data: rmpv::Value,
-    waiters: Vec<oneshot::Sender<Result<Published, ChannelError>>>,
-}
 
 /// One message encoded for each encoding some subscriber uses.
 struct Delivery {
@@ -65,11 +58,8 @@ pub struct ChannelActor {
     pub(super) node: Arc<Node>,
     pub(super) ns: NamespaceOptions,
     pub(super) epoch: Arc<str>,
-    /// Offset of the last message appended to the log.
-    pub(super) head: u64,
-    /// Offset of the last message that is durable and delivered.
+    /// Offset of the last message applied and delivered.
     pub(super) durable: u64,
-    pub(super) pending: VecDeque<Pending>,
     pub(super) subscribers: HashMap<Arc<str>, Subscriber>,
     /// Subscribers per encoding (JSON, MessagePack), so a delivery knows which encodings to build
     /// without walking every subscriber.
@@ -111,9 +101,7 @@ impl ChannelActor {
             name,
             ns,
             epoch: Arc::from(state.epoch.as_str()),
-            head: state.head,
             durable: state.head,
-            pending: VecDeque::new(),
             subscribers: HashMap::new(),
             per_encoding: [0, 0],
             next_replay: 0,
@@ -146,61 +134,15 @@ impl ChannelActor {
         }
     }
 
-    fn published(&self, id: &str, offset: u64) -> Published {
-        Published {
-            id: id.to_string(),
-            epoch: self.epoch.to_string(),
-            offset,
-        }
-    }
-
-    /// Called when the log says everything up to `upto` is durable: deliver and acknowledge in order.
-    fn on_durable(&mut self, upto: u64, result: Result<(), HistoryError>) {
-        if let Err(e) = result {
-            // Whether these messages reached the disk is unknown: none is acknowledged or delivered, and
-            // the store refuses every later write (see history::commit), so nothing is published twice
-            // behind the publishers' backs.
-            tracing::error!(channel = %self.name, error = %e, pending = self.pending.len(),
-                "flush failed: pending publishes answered `unavailable` and not delivered");
-            let err = ChannelError::from_store(&e);
-            for p in self.pending.drain(..) {
-                for w in p.waiters {
-                    let _ = w.send(Err(err.clone()));
-                }
-            }
-            return;
-        }
-        let mut released = false;
-        while self.pending.front().is_some_and(|p| p.offset <= upto) {
-            let Some(p) = self.pending.pop_front() else {
-                break;
-            };
-            self.deliver(&p);
-            self.node
-                .stats
-                .publish_to_deliver
-                .observe_duration(p.accepted.elapsed());
-            self.durable = p.offset;
-            let reply = self.published(&p.id, p.offset);
-            for w in p.waiters {
-                let _ = w.send(Ok(reply.clone()));
-            }
-            released = true;
-        }
-        if released {
-            self.trim();
-        }
-    }
-
     /// Encodes a message once per encoding in use and queues it on every subscriber's outbox.
-    fn deliver(&mut self, p: &Pending) {
+    fn deliver(&mut self, m: &Delivered, data: &rmpv::Value) {
         let body = MessageBody {
             channel: &self.name,
-            id: &p.id,
+            id: &m.id,
             epoch: &self.epoch,
-            offset: p.offset,
-            data: &p.data,
-            from: p.from.as_deref(),
+            offset: m.offset,
+            data,
+            from: m.from.as_deref(),
         };
         let frame = ServerFrame::Message(body);
         let enc = |e: Encoding| {
@@ -325,7 +267,6 @@ impl ChannelActor {
         }
         let idle = Duration::from_millis(self.node.config.channel.idle_ms);
         if self.subscribers.is_empty()
-            && self.pending.is_empty()
             && self.last_activity.elapsed() >= idle
             && self.node.channels.remove_if(&self.name, &ctx.address())
         {
@@ -370,84 +311,45 @@ impl Actor for ChannelActor {
             &self.node.stats.subscriptions,
             -(self.subscribers.len() as i64),
         );
-        for p in self.pending.drain(..) {
-            for w in p.waiters {
-                let _ = w.send(Err(ChannelError::Unavailable));
-            }
-        }
     }
 }
 
-impl Handler<Publish> for ChannelActor {
-    type Result = ResponseFuture<Result<Published, ChannelError>>;
+impl Handler<Delivered> for ChannelActor {
+    type Result = ();
 
-    fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) -> Self::Result {
+    /// A message the applier applied: delivered once, in log order. Offsets this actor already holds
+    /// (applied before it loaded its state) are skipped.
+    fn handle(&mut self, msg: Delivered, _ctx: &mut Self::Context) {
         let _span = self.span.clone().entered();
+        if msg.offset <= self.durable || *msg.epoch != *self.epoch {
+            return;
+        }
         self.last_activity = Instant::now();
-        let now = protocol::now_ms();
-        let (tx, rx) = oneshot::channel();
-        let answer = |rx: oneshot::Receiver<_>| -> Self::Result {
-            Box::pin(rx.map(|r| r.unwrap_or(Err(ChannelError::Unavailable))))
-        };
-        let digest = msg
-            .key
-            .as_ref()
-            .map(|_| crate::history::data_digest(&msg.raw));
-        let scoped = msg
-            .key
-            .as_deref()
-            .map(|k| crate::history::scoped_idem_key(&msg.publisher, k));
-        if let (Some(key), Some(digest)) = (&scoped, digest) {
-            match self.node.store.idempotent(&self.name, key, now) {
-                Ok(Some(hit)) if *hit.epoch == *self.epoch => {
-                    if hit.digest.is_some_and(|d| d != digest) {
-                        return Box::pin(ready(Err(ChannelError::Conflict)));
-                    }
-                    if hit.offset <= self.durable {
-                        return Box::pin(ready(Ok(self.published(&hit.id, hit.offset))));
-                    }
-                    if let Some(p) = self.pending.iter_mut().find(|p| p.offset == hit.offset) {
-                        p.waiters.push(tx);
-                        return answer(rx);
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => return Box::pin(ready(Err(ChannelError::from_store(&e)))),
+        self.last_publish_ms = Some(msg.ts);
+        match rmpv::decode::read_value(&mut &msg.data[..]) {
+            Ok(data) => self.deliver(&msg, &data),
+            Err(e) => {
+                tracing::error!(channel = %self.name, offset = msg.offset, error = %e, "applied message does not decode")
             }
         }
-        let offset = self.head + 1;
-        let stored = StoredMessage {
-            offset,
-            id: ulid::Ulid::new().to_string(),
-            ts_ms: now,
-            from: msg.from.as_deref().map(str::to_owned),
-            data: msg.raw,
-        };
-        let window = self.node.config.history.idempotency_window_ms;
-        let idem = scoped.as_deref().map(|k| (k, now.saturating_add(window)));
-        let durable = match self.node.log.append(&self.name, &stored, idem) {
-            Ok(d) => d,
-            Err(crate::cluster::LogError::History(e)) => {
-                return Box::pin(ready(Err(ChannelError::from_store(&e))))
-            }
-        };
-        self.head = offset;
-        self.last_publish_ms = Some(now);
-        Stats::add(&self.node.stats.publishes, 1);
-        self.pending.push_back(Pending {
-            offset,
-            accepted: Instant::now(),
-            id: stored.id,
-            from: msg.from,
-            data: msg.data,
-            waiters: vec![tx],
-        });
-        ctx.spawn(
-            durable
-                .into_actor(self)
-                .map(move |res, act, _ctx| act.on_durable(offset, res)),
-        );
-        answer(rx)
+        let waited = protocol::now_ms().saturating_sub(msg.ts);
+        self.node
+            .stats
+            .publish_to_deliver
+            .observe_duration(Duration::from_millis(waited));
+        self.durable = msg.offset;
+        self.trim();
+    }
+}
+
+impl Handler<ResetApplied> for ChannelActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ResetApplied, _ctx: &mut Self::Context) {
+        let _span = self.span.clone().entered();
+        tracing::warn!(channel = %self.name, epoch = %msg.epoch, "channel history reset");
+        self.epoch = Arc::from(msg.epoch.as_str());
+        self.durable = 0;
     }
 }
 

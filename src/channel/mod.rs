@@ -8,6 +8,7 @@
 //! channel for the others.
 
 mod actor;
+mod applier;
 mod outbox;
 mod queries;
 mod registry;
@@ -15,6 +16,7 @@ mod replay;
 mod sweeper;
 
 pub use actor::{namespace_of, ChannelActor};
+pub use applier::{publish, start_applier, Applier};
 pub use outbox::{Outbox, OutboxError, OutboxReceiver};
 pub use queries::{history_page, presence_members};
 pub use registry::Registry;
@@ -88,12 +90,11 @@ pub struct Unsubscribe {
     pub session: Arc<str>,
 }
 
-/// Publishes a message; answered once it is durable and delivered to the outboxes.
-#[derive(Message)]
-#[rtype(result = "Result<Published, ChannelError>")]
+/// A message to publish with [`publish`]: proposed to the log, answered once applied.
+#[derive(Debug)]
 pub struct Publish {
-    pub data: rmpv::Value,
-    /// Canonical MessagePack bytes of `data`, already validated by the protocol module.
+    pub channel: String,
+    /// Canonical MessagePack bytes of the data, already validated by the protocol module.
     pub raw: Vec<u8>,
     pub from: Option<Arc<str>>,
     /// Who publishes, for the scope of `key`: `user:<sub>`, `anonymous` or `admin` (see [`publisher_of`]).

@@ -45,8 +45,8 @@ pub async fn history_page(
     Err(ChannelError::Unavailable)
 }
 
-/// A page read straight from the store: every stored message of a channel without an actor is durable
-/// (an actor stops only with nothing pending).
+/// A page read straight from the store: every stored message is durable (it was applied from a
+/// committed log entry).
 fn stored_page(store: &Store, name: &str, q: History) -> Result<HistoryPage, ChannelError> {
     let storage = |e: HistoryError| ChannelError::from_store(&e);
     let Some(state) = store.peek_state(name).map_err(storage)? else {
@@ -167,7 +167,7 @@ impl Handler<Inspect> for ChannelActor {
             options: self.ns.clone(),
             epoch: self.epoch.to_string(),
             head: self.durable,
-            pending: self.pending.len(),
+            pending: self.node.applier.pending(&self.name),
             subscribers,
             last_publish_ms: self.last_publish_ms,
         })
@@ -175,22 +175,18 @@ impl Handler<Inspect> for ChannelActor {
 }
 
 impl Handler<ResetHistory> for ChannelActor {
-    type Result = Result<String, ChannelError>;
+    type Result = ResponseFuture<Result<String, ChannelError>>;
 
+    /// Proposes a reset entry; the applier deletes the history and tells this actor the new epoch
+    /// ([`super::applier::ResetApplied`]) before the answer arrives. Refused while a replay still reads
+    /// the history it would delete.
     fn handle(&mut self, _msg: ResetHistory, _ctx: &mut Self::Context) -> Self::Result {
         let _span = self.span.clone().entered();
-        if !self.pending.is_empty() || self.replay_floor().is_some() {
-            return Err(ChannelError::Unavailable);
+        if self.replay_floor().is_some() {
+            return Box::pin(async { Err(ChannelError::Unavailable) });
         }
-        let state = self
-            .node
-            .store
-            .reset(&self.name)
-            .map_err(|e| ChannelError::Storage(e.to_string()))?;
-        tracing::warn!(channel = %self.name, epoch = %state.epoch, "channel history reset by operator");
-        self.epoch = Arc::from(state.epoch.as_str());
-        self.head = state.head;
-        self.durable = state.head;
-        Ok(state.epoch)
+        let node = self.node.clone();
+        let name = self.name.to_string();
+        Box::pin(async move { super::applier::reset(&node, name).await })
     }
 }

@@ -19,6 +19,8 @@ pub struct Registry {
     arbiters: Vec<ArbiterHandle>,
     /// Owned arbiters, stopped on drop.
     _owned: Vec<Arbiter>,
+    /// The thread of the node's applier (blocking store work, kept off the channel threads).
+    applier: Arbiter,
     max_channels: usize,
 }
 
@@ -30,6 +32,7 @@ impl Registry {
             actors: Mutex::new(HashMap::new()),
             arbiters: owned.iter().map(|a| a.handle()).collect(),
             _owned: owned,
+            applier: Arbiter::new(),
             max_channels,
         }
     }
@@ -116,10 +119,16 @@ impl Registry {
         Some(r)
     }
 
+    /// The arbiter the applier runs on.
+    pub fn applier_arbiter(&self) -> actix_rt::ArbiterHandle {
+        self.applier.handle()
+    }
+
     /// Stops every arbiter (after shutdown).
     pub fn stop(&self) {
         for a in &self.arbiters {
             a.stop();
         }
+        self.applier.stop();
     }
 }

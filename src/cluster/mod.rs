@@ -1,54 +1,64 @@
-//! Where the order of a channel's messages is decided.
+//! Where the order of messages is decided: the [`Log`].
 //!
-//! Sessions and channels never pick offsets on their own: a channel actor hands each new message to a
-//! [`Log`], which makes it the next entry of that channel and says when it is durable. On a single node the
-//! [`LocalLog`] is a sequencer persisted in sled (the history store checks that every append is exactly
-//! `head + 1`, so one writer and one order per channel are enforced below the actor too). The cluster
-//! (RabbitMQ streams, a later issue) implements the same trait, so sessions and channels do not change when
-//! it lands.
+//! Nothing else picks an offset. A proposer (a session's publish, the admin API, an operator reset) hands
+//! an [`Entry`] to the log with [`Log::propose`]; the log decides where it goes and resolves the proposal
+//! once the entry is committed (durable in the log). The node's applier reads committed entries in log
+//! order with [`Log::follow`] and applies each to the store ([`crate::history::Store::apply`]), which
+//! assigns the channel offset and decides idempotency from the entry alone. On a single node the log is
+//! [`LocalLog`] (sled, group commit); the cluster (RabbitMQ streams, a later issue) is a second
+//! implementation of the same trait. The log is injected into the node, so tests can run a node on a log
+//! that delays, batches, re-delivers or fails entries.
 
-use crate::history::{Durable, HistoryError, Store, StoredMessage};
+mod local;
 
-/// Why an entry could not be appended.
-#[derive(Debug, thiserror::Error)]
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+
+pub use crate::history::{Entry, EntryKind};
+pub use local::LocalLog;
+
+use crate::history::HistoryError;
+
+/// Why the log could not take or give an entry.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum LogError {
     #[error("history store: {0}")]
-    History(#[from] HistoryError),
+    History(String),
+    /// The log cannot commit now (storage failed, broker unreachable); the entry was not written.
+    #[error("the log is unavailable: {0}")]
+    Unavailable(String),
 }
 
-/// An append-only, per-channel ordered log.
+impl From<HistoryError> for LogError {
+    fn from(e: HistoryError) -> Self {
+        match e {
+            HistoryError::Failed(_) | HistoryError::FlusherGone | HistoryError::Closed => {
+                LogError::Unavailable(e.to_string())
+            }
+            other => LogError::History(other.to_string()),
+        }
+    }
+}
+
+/// A proposal: resolves with the entry's log position once it is committed.
+pub type Proposal = BoxFuture<'static, Result<u64, LogError>>;
+
+/// Committed entries in log order, with their positions.
+pub type Committed = BoxStream<'static, Result<(u64, Entry), LogError>>;
+
+/// An ordered, durable log of entries.
 pub trait Log: Send + Sync + 'static {
-    /// Appends `msg` as the next entry of `channel` (its `offset` must be the channel's head + 1), with an
-    /// optional idempotency key `(key, expires_at_ms)`. Returns a future that resolves once the entry is
-    /// durable; nothing may be acknowledged or delivered before that.
-    fn append(
-        &self,
-        channel: &str,
-        msg: &StoredMessage,
-        idem: Option<(&str, u64)>,
-    ) -> Result<Durable, LogError>;
-}
+    /// Hands `entry` to the log. The entry takes its place in the log's order when this is called (so
+    /// entries proposed one after the other by one proposer stay in that order); the returned future
+    /// resolves with its position once it is committed, and an error means it was not written.
+    /// Dropping the future does not withdraw the entry.
+    fn propose(&self, entry: Entry) -> Proposal;
 
-/// The single-node log: sled with group commit.
-pub struct LocalLog {
-    store: Store,
-}
+    /// Every committed entry with a position greater than `after`, in log order, waiting for new ones.
+    fn follow(&self, after: u64) -> Committed;
 
-impl LocalLog {
-    pub fn new(store: Store) -> Self {
-        LocalLog { store }
-    }
-}
-
-impl Log for LocalLog {
-    fn append(
-        &self,
-        channel: &str,
-        msg: &StoredMessage,
-        idem: Option<(&str, u64)>,
-    ) -> Result<Durable, LogError> {
-        self.store.append(channel, msg, idem)?;
-        Ok(self.store.durable())
-    }
+    /// Tells the log that the effect of every entry up to `position` is durable in the store, so it may
+    /// forget them.
+    fn applied(&self, position: u64);
 }

@@ -130,6 +130,17 @@ impl Store {
     /// old epoch with a trimmed-looking history, a valid state); the final transaction removes any
     /// leftovers and writes the new epoch only if the meta did not change meanwhile (else retries).
     pub fn reset(&self, channel: &str) -> Result<ChannelState, HistoryError> {
+        self.reset_as(channel, new_epoch(), None)
+    }
+
+    /// [`Store::reset`] to a given epoch; with `applied`, the final transaction also records that log
+    /// position as applied (a reset entry, see [`Store::apply`]).
+    pub(super) fn reset_as(
+        &self,
+        channel: &str,
+        epoch: String,
+        applied: Option<u64>,
+    ) -> Result<ChannelState, HistoryError> {
         keys::check_channel(channel)?;
         let prefix = keys::channel_prefix(channel);
         loop {
@@ -147,14 +158,17 @@ impl Store {
                 .collect::<Result<_, _>>()?;
             let leftover_idem = self.idem_entries(&prefix, usize::MAX)?;
             let fresh = Meta {
-                epoch: new_epoch(),
+                epoch: epoch.clone(),
                 head: 0,
             };
             let i = &self.inner;
-            let done = (&i.messages, &i.meta, &i.idem, &i.idem_exp).transaction(
-                |(tm, tmeta, ti, tx)| {
+            let done = (&i.messages, &i.meta, &i.idem, &i.idem_exp, &i.cursors).transaction(
+                |(tm, tmeta, ti, tx, tc)| {
                     if tmeta.get(channel.as_bytes())? != before {
                         return Ok(false);
+                    }
+                    if let Some(p) = applied {
+                        tc.insert(super::applying::APPLIED, &keys::encode_u64(p))?;
                     }
                     for k in &leftover_msgs {
                         tm.remove(k)?;

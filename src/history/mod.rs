@@ -43,12 +43,16 @@
 //! (every channel gets a new epoch, which makes the loss visible to clients). Bytes that fail to
 //! decode later are reported as [`HistoryError::Corrupt`]; nothing read from disk is unwrapped.
 
+mod applying;
 mod commit;
+mod entry;
 mod error;
 mod keys;
 mod maintenance;
 mod store;
 
+#[cfg(test)]
+mod apply_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
@@ -58,6 +62,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use commit::{Durable, FlushFault};
+pub use entry::{Applied, Entry, EntryKind};
 pub use error::HistoryError;
 pub use keys::{data_digest, scoped_idem_key};
 pub use store::Store;

@@ -26,7 +26,7 @@ use crate::metrics::{Histogram, HistogramSnapshot, LATENCY_BUCKETS};
 pub(super) const CHUNK: usize = 1024;
 
 /// Offsets stay below 2^53 (protocol rule).
-const MAX_OFFSET: u64 = 1 << 53;
+pub(super) const MAX_OFFSET: u64 = 1 << 53;
 
 pub(super) type TxResult<T> = Result<T, ConflictableTransactionError<HistoryError>>;
 
@@ -50,6 +50,8 @@ pub(super) struct Inner {
     pub(super) idem: Tree,
     pub(super) idem_exp: Tree,
     pub(super) cursors: Tree,
+    /// The local log ([`crate::cluster::LocalLog`]): position (u64 BE) -> encoded [`super::Entry`].
+    pub(super) log: Tree,
     pub(super) flushes: Arc<AtomicU64>,
     /// Duration of group-commit flushes.
     pub(super) flush_seconds: Arc<Histogram>,
@@ -111,10 +113,11 @@ fn try_open(cfg: &StoreConfig) -> Result<Store, OpenFailure> {
             db.open_tree("idem")?,
             db.open_tree("idem_exp")?,
             db.open_tree("cursors")?,
+            db.open_tree("log")?,
         );
         Ok((db, trees))
     });
-    let (db, (messages, meta, idem, idem_exp, cursors)) = match opened {
+    let (db, (messages, meta, idem, idem_exp, cursors, log)) = match opened {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => return Err(classify(e)),
         Err(_) => {
@@ -165,6 +168,7 @@ fn try_open(cfg: &StoreConfig) -> Result<Store, OpenFailure> {
             idem,
             idem_exp,
             cursors,
+            log,
             flushes,
             flush_seconds,
             path: cfg.path.clone(),
@@ -560,7 +564,7 @@ impl Store {
 }
 
 /// Drops the expiry-index entry of an idempotency entry about to be overwritten.
-fn replace_idem_index(
+pub(super) fn replace_idem_index(
     ti: &TransactionalTree,
     tx: &TransactionalTree,
     ikey: &[u8],

@@ -4,8 +4,8 @@ use actix::prelude::*;
 
 use super::Session;
 use crate::channel::{
-    history_page, presence_members, publisher_of, ChannelError, History, HistoryPage, Publish,
-    Subscribe, Unsubscribe,
+    history_page, presence_members, publish, publisher_of, ChannelError, History, HistoryPage,
+    Publish, Subscribe, Unsubscribe,
 };
 use crate::protocol::results::{HistoryResult, StoredView};
 use crate::protocol::{
@@ -262,27 +262,21 @@ impl Session {
             );
             return self.fail((err, None), ctx);
         }
-        let Some(addr) = self.channel_addr(&id, &channel, ctx) else {
-            return;
-        };
         let msg = Publish {
-            data,
+            channel,
             raw,
             publisher: publisher_of(self.user.as_deref()),
             from: self.user.clone(),
             key,
         };
         let slot = self.gate.enter();
-        addr.send(msg)
+        publish(&self.node, msg)
             .into_actor(self)
             .map(move |res, act, ctx| {
                 drop(slot);
                 match res {
-                    Ok(Ok(p)) => {
-                        act.reply(&id, &results::published(&p.id, &p.epoch, p.offset), ctx)
-                    }
-                    Ok(Err(e)) => act.fail(channel_error(&id, &e), ctx),
-                    Err(_) => act.fail(mailbox_error(&id), ctx),
+                    Ok(p) => act.reply(&id, &results::published(&p.id, &p.epoch, p.offset), ctx),
+                    Err(e) => act.fail(channel_error(&id, &e), ctx),
                 }
             })
             .spawn(ctx);

@@ -1,0 +1,201 @@
+//! Applying log entries, and the local log's own tree.
+//!
+//! Exists because the order of a channel is decided in one place: the log. [`Store::apply`] turns one
+//! committed entry into store state in ONE sled transaction: it decides idempotency from the entry alone
+//! (the key is scoped per publisher, its window measured against the entry's timestamp), assigns the
+//! channel offset, and writes the message, the channel meta, the idempotency key and the log position
+//! applied. A position at or below the one applied is skipped, so a re-delivered entry, or the re-reading
+//! of the log after a crash, applies nothing twice. The same log applied on any node gives the same
+//! offsets, epochs and decisions.
+//!
+//! The `log` tree holds the single-node log ([`crate::cluster::LocalLog`]): encoded entries by position.
+//! Entries are made durable there (group commit) before they are applied, so applied state never needs
+//! its own flush to be correct: after a crash it is re-derived from the log.
+
+use sled::Transactional;
+
+use super::entry::{Applied, Entry, EntryKind};
+use super::error::HistoryError;
+use super::keys::{self, IdemEntry, Meta};
+use super::store::{abort, replace_idem_index, MAX_OFFSET};
+use super::Store;
+
+/// Cursor holding the last log position applied.
+pub(super) const APPLIED: &[u8] = b"log.applied";
+
+impl Store {
+    /// The last log position applied (0 before the first).
+    pub fn applied_position(&self) -> Result<u64, HistoryError> {
+        match self.inner.cursors.get(APPLIED)? {
+            Some(v) => keys::decode_u64(&v, "applied position"),
+            None => Ok(0),
+        }
+    }
+
+    /// Applies the committed entry at log `position`. See the module docs.
+    pub fn apply(
+        &self,
+        position: u64,
+        entry: &Entry,
+        window_ms: u64,
+    ) -> Result<Applied, HistoryError> {
+        keys::check_channel(&entry.channel)?;
+        self.inner.flusher.health()?;
+        if position <= self.applied_position()? {
+            return Ok(Applied::AlreadyApplied);
+        }
+        match &entry.kind {
+            EntryKind::Reset => {
+                let st = self.reset_as(&entry.channel, entry.id.clone(), Some(position))?;
+                Ok(Applied::Reset { epoch: st.epoch })
+            }
+            EntryKind::Publish { data } => self.apply_publish(position, entry, data, window_ms),
+        }
+    }
+
+    fn apply_publish(
+        &self,
+        position: u64,
+        entry: &Entry,
+        data: &[u8],
+        window_ms: u64,
+    ) -> Result<Applied, HistoryError> {
+        let channel = entry.channel.as_str();
+        let ikey = entry
+            .key
+            .as_deref()
+            .map(|k| keys::idem_key(channel, &keys::scoped_idem_key(&entry.publisher, k)));
+        let digest = keys::data_digest(data);
+        let expires_at_ms = entry.ts.saturating_add(window_ms);
+        let mval = keys::encode_message(&entry.id, entry.ts, entry.from.as_deref(), data);
+        let pos = keys::encode_u64(position);
+        let i = &self.inner;
+        let out = (&i.messages, &i.meta, &i.idem, &i.idem_exp, &i.cursors).transaction(
+            |(tm, tmeta, ti, tx, tc)| {
+                if let Some(v) = tc.get(APPLIED)? {
+                    match keys::decode_u64(&v, "applied position") {
+                        Ok(applied) if applied >= position => return Ok(Applied::AlreadyApplied),
+                        Ok(_) => {}
+                        Err(e) => return abort(e),
+                    }
+                }
+                tc.insert(APPLIED, &pos)?;
+                let meta = match tmeta.get(channel.as_bytes())? {
+                    Some(v) => match keys::decode_meta(&v) {
+                        Ok(m) => m,
+                        Err(e) => return abort(e),
+                    },
+                    // A channel's first entry names its epoch: the same on every node.
+                    None => Meta {
+                        epoch: entry.id.clone(),
+                        head: 0,
+                    },
+                };
+                if let Some(ikey) = &ikey {
+                    if let Some(v) = ti.get(ikey)? {
+                        let hit = match keys::decode_idem(&v) {
+                            Ok(h) => h,
+                            Err(e) => return abort(e),
+                        };
+                        if hit.expires_at_ms > entry.ts && hit.epoch == meta.epoch {
+                            if hit.digest.is_some_and(|d| d != digest) {
+                                return Ok(Applied::Conflict);
+                            }
+                            return Ok(Applied::Duplicate {
+                                id: hit.id,
+                                epoch: hit.epoch,
+                                offset: hit.offset,
+                            });
+                        }
+                    }
+                }
+                let offset = meta.head + 1;
+                if offset >= MAX_OFFSET {
+                    return abort(HistoryError::OffsetOverflow {
+                        channel: channel.to_owned(),
+                        offset,
+                    });
+                }
+                tm.insert(keys::message_key(channel, offset), mval.as_slice())?;
+                if let Some(ikey) = &ikey {
+                    replace_idem_index(ti, tx, ikey, expires_at_ms)?;
+                    let idem = IdemEntry {
+                        id: entry.id.clone(),
+                        epoch: meta.epoch.clone(),
+                        offset,
+                        expires_at_ms,
+                        digest: Some(digest),
+                    };
+                    ti.insert(ikey.as_slice(), keys::encode_idem(&idem))?;
+                }
+                let epoch = meta.epoch;
+                tmeta.insert(
+                    channel.as_bytes(),
+                    keys::encode_meta(&Meta {
+                        epoch: epoch.clone(),
+                        head: offset,
+                    }),
+                )?;
+                Ok(Applied::Message { epoch, offset })
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// Writes an encoded entry at `position` of the local log (not flushed: see [`Store::durable`]).
+    pub fn log_put(&self, position: u64, encoded: &[u8]) -> Result<(), HistoryError> {
+        self.inner.flusher.health()?;
+        self.inner.log.insert(keys::encode_u64(position), encoded)?;
+        Ok(())
+    }
+
+    /// Up to `limit` entries of the local log from `from` (inclusive) to `upto` (inclusive).
+    pub fn log_range(
+        &self,
+        from: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Entry)>, HistoryError> {
+        let mut out = Vec::new();
+        if from > upto {
+            return Ok(out);
+        }
+        let range = keys::encode_u64(from)..=keys::encode_u64(upto);
+        for kv in self.inner.log.range(range).take(limit) {
+            let (k, v) = kv?;
+            out.push((keys::decode_u64(&k, "log position")?, Entry::decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// The last position in the local log, if it holds any entry.
+    pub fn log_last(&self) -> Result<Option<u64>, HistoryError> {
+        match self.inner.log.last()? {
+            Some((k, _)) => Ok(Some(keys::decode_u64(&k, "log position")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Forgets local-log entries up to `upto` (their effect is applied and durable). Returns how many.
+    pub fn log_trim(&self, upto: u64) -> Result<u64, HistoryError> {
+        let mut removed = 0;
+        loop {
+            let batch: Vec<sled::IVec> = self
+                .inner
+                .log
+                .range(..=keys::encode_u64(upto))
+                .keys()
+                .take(super::store::CHUNK)
+                .collect::<Result<_, _>>()?;
+            if batch.is_empty() {
+                return Ok(removed);
+            }
+            let mut b = sled::Batch::default();
+            for k in &batch {
+                b.remove(k);
+            }
+            removed += batch.len() as u64;
+            self.inner.log.apply_batch(b)?;
+        }
+    }
+}
