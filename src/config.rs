@@ -94,7 +94,7 @@ pub struct LimitsConfig {
     /// Bucket size of the per-connection rate limit.
     pub messages_burst: u32,
     pub max_subscriptions_per_connection: usize,
-    /// Active channel actors per node; beyond it commands get `unavailable`.
+    /// Active channel actors per node; beyond it subscribing to a new channel gets `unavailable`.
     pub max_channels: usize,
     /// Open connections per node; beyond it handshakes get 503 with `Retry-After`.
     pub max_connections: usize,
