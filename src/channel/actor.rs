@@ -187,8 +187,8 @@ impl ChannelActor {
     /// Drops a subscriber whose outbox is full (or closed) and asks its session to close with 4001.
     fn evict_slow(&mut self, session: &Arc<str>) {
         if let Some(sub) = self.remove_subscriber(session, true) {
+            // Counted by the session when it closes: once per session, however many channels cut it.
             if !sub.outbox.is_closed() {
-                Stats::add(&self.node.stats.slow_consumers, 1);
                 sub.evict.do_send(Evict {
                     code: CloseCode::SlowConsumer,
                     reason: None,

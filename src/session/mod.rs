@@ -134,7 +134,6 @@ impl Session {
 
     fn push(&mut self, out: Outgoing, ctx: &mut Context<Self>) {
         if self.outbox.try_send(out).is_err() {
-            Stats::add(&self.node.stats.slow_consumers, 1);
             self.close(CloseCode::SlowConsumer, None, ctx);
         }
     }
@@ -159,6 +158,11 @@ impl Session {
     fn close(&mut self, code: CloseCode, reason: Option<&str>, ctx: &mut Context<Self>) {
         if self.closer.is_none() {
             return;
+        }
+        if code == CloseCode::SlowConsumer {
+            // Here, not where the outbox was found full: a session cut by several channels at once
+            // counts once.
+            Stats::add(&self.node.stats.slow_consumers, 1);
         }
         let reason = reason.unwrap_or(code.reason());
         let last = encode(
