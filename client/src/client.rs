@@ -19,7 +19,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// when [`Client::close`] is called or every clone and every [`Subscription`] is dropped.
 #[derive(Clone)]
 pub struct Client {
-    tx: mpsc::UnboundedSender<Cmd>,
+    tx: mpsc::Sender<Cmd>,
+    event_buffer: usize,
     status: watch::Receiver<Status>,
     sub_ids: Arc<AtomicU64>,
 }
@@ -44,14 +45,16 @@ impl Client {
         if !(url.starts_with("ws://") || url.starts_with("wss://")) {
             return Err(Error::Config(format!("not a ws:// or wss:// url: {url}")));
         }
-        let (tx, cmd_rx) = mpsc::unbounded_channel();
-        let (state_tx, state_rx) = mpsc::unbounded_channel();
+        let (tx, cmd_rx) = mpsc::channel(options.command_buffer.max(1));
+        let (state_tx, state_rx) = mpsc::channel(options.state_buffer.max(1));
+        let event_buffer = options.event_buffer.max(2);
         let (status_tx, status) = watch::channel(Status::Connecting);
         let driver = Driver::new(url, Arc::new(tokens), options, cmd_rx, state_tx, status_tx);
         tokio::spawn(driver.run());
         Ok((
             Client {
                 tx,
+                event_buffer,
                 status,
                 sub_ids: Arc::new(AtomicU64::new(1)),
             },
@@ -99,8 +102,8 @@ impl Client {
         }
     }
 
-    fn send(&self, cmd: Cmd) -> Result<()> {
-        self.tx.send(cmd).map_err(|_| self.stopped())
+    async fn send(&self, cmd: Cmd) -> Result<()> {
+        self.tx.send(cmd).await.map_err(|_| self.stopped())
     }
 
     /// Subscribes to `channel`. Returns once the server accepted the subscription; the stream then
@@ -108,14 +111,15 @@ impl Client {
     pub async fn subscribe(&self, channel: impl Into<String>) -> Result<Subscription> {
         let channel = channel.into();
         let sub_id = self.sub_ids.fetch_add(1, Ordering::Relaxed);
-        let (events, rx) = mpsc::unbounded_channel();
+        let (events, rx) = mpsc::channel(self.event_buffer);
         let (reply, wait) = oneshot::channel();
         self.send(Cmd::Subscribe {
             channel: channel.clone(),
             sub_id,
             events,
             reply,
-        })?;
+        })
+        .await?;
         wait.await.map_err(|_| self.stopped())??;
         let tx = self.tx.clone();
         let ch = channel.clone();
@@ -123,11 +127,19 @@ impl Client {
             channel,
             rx,
             on_drop: Some(Box::new(move || {
-                let _ = tx.send(Cmd::Unsubscribe {
+                let cmd = Cmd::Unsubscribe {
                     channel: ch,
                     sub_id: Some(sub_id),
                     reply: None,
-                });
+                };
+                // A full command queue must not lose the unsubscribe: hand it to a task that waits.
+                if let Err(mpsc::error::TrySendError::Full(cmd)) = tx.try_send(cmd) {
+                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                        rt.spawn(async move {
+                            let _ = tx.send(cmd).await;
+                        });
+                    }
+                }
             })),
         })
     }
@@ -139,13 +151,14 @@ impl Client {
             channel: channel.into(),
             sub_id: None,
             reply: Some(reply),
-        })?;
+        })
+        .await?;
         wait.await.map_err(|_| self.stopped())?
     }
 
     async fn request(&self, cmd: Command) -> Result<Value> {
         let (reply, wait) = oneshot::channel();
-        self.send(Cmd::Request { cmd, reply })?;
+        self.send(Cmd::Request { cmd, reply }).await?;
         wait.await.map_err(|_| self.stopped())?
     }
 
@@ -215,7 +228,7 @@ impl Client {
     /// [`Error::Closed`].
     pub async fn close(&self) {
         let (reply, wait) = oneshot::channel();
-        if self.tx.send(Cmd::Close { reply }).is_ok() {
+        if self.tx.send(Cmd::Close { reply }).await.is_ok() {
             let _ = wait.await;
         }
     }

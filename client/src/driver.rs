@@ -16,7 +16,7 @@ use crate::frame::{self, Command, ServerFrame, SubscribeReply};
 use crate::options::{ClientOptions, TokenProvider};
 use futures_util::{SinkExt, StreamExt};
 use rmpv::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -29,7 +29,7 @@ pub(crate) enum Cmd {
     Subscribe {
         channel: String,
         sub_id: u64,
-        events: mpsc::UnboundedSender<SubscriptionEvent>,
+        events: mpsc::Sender<SubscriptionEvent>,
         reply: oneshot::Sender<Result<(), Error>>,
     },
     Unsubscribe {
@@ -58,7 +58,10 @@ pub(crate) enum Status {
 
 struct Sub {
     sub_id: u64,
-    events: mpsc::UnboundedSender<SubscriptionEvent>,
+    events: mpsc::Sender<SubscriptionEvent>,
+    /// Events that did not fit in `events` (at most those of one frame): delivered first, and while any
+    /// are waiting the socket is not read.
+    overflow: VecDeque<SubscriptionEvent>,
     tracker: ChannelTracker,
     first: Option<oneshot::Sender<Result<(), Error>>>,
     /// The subscribe of the current connection was answered.
@@ -95,8 +98,8 @@ pub(crate) struct Driver {
     url: String,
     tokens: Arc<dyn TokenProvider>,
     opts: ClientOptions,
-    cmd_rx: mpsc::UnboundedReceiver<Cmd>,
-    states: mpsc::UnboundedSender<ConnectionState>,
+    cmd_rx: mpsc::Receiver<Cmd>,
+    states: mpsc::Sender<ConnectionState>,
     status: watch::Sender<Status>,
     backoff: Backoff,
     subs: HashMap<String, Sub>,
@@ -109,8 +112,8 @@ impl Driver {
         url: String,
         tokens: Arc<dyn TokenProvider>,
         opts: ClientOptions,
-        cmd_rx: mpsc::UnboundedReceiver<Cmd>,
-        states: mpsc::UnboundedSender<ConnectionState>,
+        cmd_rx: mpsc::Receiver<Cmd>,
+        states: mpsc::Sender<ConnectionState>,
         status: watch::Sender<Status>,
     ) -> Self {
         let backoff = Backoff::new(opts.backoff.clone());
@@ -129,7 +132,8 @@ impl Driver {
     }
 
     fn emit(&self, s: ConnectionState) {
-        let _ = self.states.send(s);
+        // Dropped when the application does not read its state stream (documented).
+        let _ = self.states.try_send(s);
     }
 
     /// Runs until the client is closed or gives up.
@@ -317,6 +321,7 @@ impl Driver {
                     Sub {
                         sub_id,
                         events,
+                        overflow: VecDeque::new(),
                         tracker: ChannelTracker::new(self.opts.id_memory),
                         first: Some(reply),
                         confirmed: false,
@@ -430,7 +435,7 @@ impl Driver {
                     let _ = first.send(Err(err.clone()));
                 }
                 None => {
-                    let _ = sub.events.send(SubscriptionEvent::Ended(err.clone()));
+                    let _ = sub.events.try_send(SubscriptionEvent::Ended(err.clone()));
                 }
             }
         }

@@ -143,7 +143,7 @@ pub enum ConnectionState {
 /// Stream of [`SubscriptionEvent`]s of one channel. Dropping it unsubscribes.
 pub struct Subscription {
     pub(crate) channel: String,
-    pub(crate) rx: mpsc::UnboundedReceiver<SubscriptionEvent>,
+    pub(crate) rx: mpsc::Receiver<SubscriptionEvent>,
     pub(crate) on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
@@ -182,10 +182,11 @@ impl Drop for Subscription {
     }
 }
 
-/// Stream of [`ConnectionState`] changes. Every change is buffered until read.
+/// Stream of [`ConnectionState`] changes, buffered up to `ClientOptions::state_buffer` (newer ones are
+/// dropped while it is full).
 #[derive(Debug)]
 pub struct StateStream {
-    pub(crate) rx: mpsc::UnboundedReceiver<ConnectionState>,
+    pub(crate) rx: mpsc::Receiver<ConnectionState>,
 }
 
 impl StateStream {

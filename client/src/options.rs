@@ -76,6 +76,18 @@ pub struct ClientOptions {
     /// (default 5 s). A connection lost sooner counts as a failed attempt, so a server that accepts and
     /// drops at once is retried with growing delays, not hammered.
     pub stable_after: Duration,
+    /// Events one [`crate::Subscription`] holds for the application (default 1024). When the application
+    /// reads slower than messages arrive and a subscription's buffer is full, the client stops reading the
+    /// socket until the application catches up: memory stays bounded, the server sees a slow consumer
+    /// and may close the connection (4001), and the client then reconnects and resumes where the
+    /// application is. Nothing is lost or doubled.
+    pub event_buffer: usize,
+    /// Connection-state events kept for the [`crate::StateStream`] (default 64). When the application
+    /// does not read them, newer ones are dropped; [`crate::Client::is_connected`] always tells the
+    /// current state.
+    pub state_buffer: usize,
+    /// Commands queued for the connection task (default 1024); beyond it, commands wait for room.
+    pub command_buffer: usize,
 }
 
 impl Default for ClientOptions {
@@ -88,6 +100,9 @@ impl Default for ClientOptions {
             command_retries: 3,
             id_memory: DEFAULT_ID_MEMORY,
             stable_after: Duration::from_secs(5),
+            event_buffer: 1024,
+            state_buffer: 64,
+            command_buffer: 1024,
         }
     }
 }

@@ -20,8 +20,16 @@ impl Driver {
         loop {
             let deadline = last_rx + dead_after;
             let due = self.next_due();
+            // While the application has not made room for what it was given, the socket is not read.
+            let backlogged = self.backlogged();
+            let room = wait_for_room(self.waiting_for_room());
             tokio::select! {
-                msg = conn.ws.next() => match msg {
+                _ = room, if backlogged => {
+                    self.move_overflow();
+                    // Not reading was our choice, not the server's silence.
+                    last_rx = tokio::time::Instant::now();
+                }
+                msg = conn.ws.next(), if !backlogged => match msg {
                     Some(Ok(WsMessage::Close(cf))) => {
                         let (code, reason) = match cf {
                             Some(cf) => (Some(u16::from(cf.code)), cf.reason.to_string()),
@@ -48,7 +56,7 @@ impl Driver {
                     }
                     Some(c) => self.on_cmd(c, true),
                 },
-                _ = tokio::time::sleep_until(deadline) => {
+                _ = tokio::time::sleep_until(deadline), if !backlogged => {
                     return End::Lost {
                         code: None,
                         reason: format!("no frame for {} ms: server presumed dead", dead_after.as_millis()),
@@ -246,11 +254,7 @@ impl Driver {
             return;
         }
         let channel = f.channel.clone();
-        if sub
-            .events
-            .send(SubscriptionEvent::Message(Message::from(f)))
-            .is_err()
-        {
+        if !deliver(sub, SubscriptionEvent::Message(Message::from(f))) {
             // The application dropped the stream: stop the subscription.
             self.subs.remove(&channel);
             self.push_op(Command::Unsubscribe { channel }, Reply::None, 0);
@@ -258,8 +262,41 @@ impl Driver {
     }
 
     fn forward(&mut self, channel: &str, ev: SubscriptionEvent) {
-        if let Some(sub) = self.subs.get(channel) {
-            let _ = sub.events.send(ev);
+        if let Some(sub) = self.subs.get_mut(channel) {
+            deliver(sub, ev);
+        }
+    }
+
+    /// Whether some subscription holds events its application has not made room for yet.
+    pub(super) fn backlogged(&self) -> bool {
+        self.subs.values().any(|s| !s.overflow.is_empty())
+    }
+
+    /// The event buffers of the backlogged subscriptions, to wait for room in.
+    fn waiting_for_room(&self) -> Vec<mpsc::Sender<SubscriptionEvent>> {
+        self.subs
+            .values()
+            .filter(|s| !s.overflow.is_empty())
+            .map(|s| s.events.clone())
+            .collect()
+    }
+
+    /// Moves waiting events into the buffers that have room again.
+    fn move_overflow(&mut self) {
+        for sub in self.subs.values_mut() {
+            while let Some(ev) = sub.overflow.pop_front() {
+                match sub.events.try_send(ev) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(ev)) => {
+                        sub.overflow.push_front(ev);
+                        break;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        sub.overflow.clear();
+                        break;
+                    }
+                }
+            }
         }
     }
 
@@ -271,7 +308,7 @@ impl Driver {
                     let _ = first.send(Err(err));
                 }
                 None => {
-                    let _ = sub.events.send(SubscriptionEvent::Ended(err));
+                    let _ = sub.events.try_send(SubscriptionEvent::Ended(err));
                 }
             }
         }
@@ -338,4 +375,29 @@ async fn close(conn: &mut Conn) {
         }
     })
     .await;
+}
+
+/// Resolves once every one of `senders` has room for an event (or is closed).
+async fn wait_for_room(senders: Vec<mpsc::Sender<SubscriptionEvent>>) {
+    for tx in senders {
+        let _ = tx.reserve().await;
+    }
+}
+
+/// Queues an event for the application: into the subscription's buffer, or its overflow when the
+/// buffer is full (the session then stops reading the socket). `false` when the application dropped
+/// the stream.
+fn deliver(sub: &mut Sub, ev: SubscriptionEvent) -> bool {
+    if !sub.overflow.is_empty() {
+        sub.overflow.push_back(ev);
+        return !sub.events.is_closed();
+    }
+    match sub.events.try_send(ev) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(ev)) => {
+            sub.overflow.push_back(ev);
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
 }
