@@ -58,13 +58,15 @@ fn stored_page(store: &Store, name: &str, q: History) -> Result<HistoryPage, Cha
             next: None,
         });
     };
-    let messages = if q.since < state.head {
+    let mut messages = if q.since < state.head {
         store
             .range_bounded(name, q.since, q.limit, q.max_bytes)
             .map_err(storage)?
     } else {
         Vec::new()
     };
+    // Applied after the state was read: part of the next page.
+    messages.retain(|m| m.offset <= state.head);
     let next = match messages.last() {
         Some(m) if m.offset < state.head => Some(m.offset),
         _ => None,
@@ -114,36 +116,11 @@ impl Handler<Presence> for ChannelActor {
 impl Handler<History> for ChannelActor {
     type Result = Result<HistoryPage, ChannelError>;
 
+    /// Straight from the store: everything stored is applied from committed entries, so a publisher that
+    /// reads right after its reply sees its message even before this actor delivered it.
     fn handle(&mut self, msg: History, _ctx: &mut Self::Context) -> Self::Result {
         self.last_activity = Instant::now();
-        let storage = |e: HistoryError| ChannelError::from_store(&e);
-        let oldest = self
-            .node
-            .store
-            .peek_state(&self.name)
-            .map_err(storage)?
-            .and_then(|s| s.oldest);
-        let mut messages = if msg.since < self.durable {
-            self.node
-                .store
-                .range_bounded(&self.name, msg.since, msg.limit, msg.max_bytes)
-                .map_err(storage)?
-        } else {
-            Vec::new()
-        };
-        // Appended but not yet durable messages are not history yet.
-        messages.retain(|m| m.offset <= self.durable);
-        let next = match messages.last() {
-            Some(m) if m.offset < self.durable => Some(m.offset),
-            _ => None,
-        };
-        Ok(HistoryPage {
-            epoch: self.epoch.to_string(),
-            head: self.durable,
-            oldest: oldest.filter(|o| *o <= self.durable),
-            messages,
-            next,
-        })
+        stored_page(&self.node.store, &self.name, msg)
     }
 }
 
