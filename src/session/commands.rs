@@ -84,20 +84,31 @@ impl Session {
                     .collect();
                 ended.sort();
                 self.claims = Some(claims);
-                for channel in ended {
-                    if let Some(addr) = self.subscriptions.remove(&channel) {
-                        addr.do_send(Unsubscribe {
-                            session: self.id.clone(),
-                        });
-                    }
-                    let body = UnsubscribedBody {
-                        channel: &channel,
-                        reason: "the refreshed token does not allow this channel",
-                    };
-                    self.send(ServerFrame::Unsubscribed(body), ctx);
-                }
                 self.arm_expiry(ctx);
-                self.reply(&id, &results::refreshed(exp), ctx);
+                // Each channel confirms the unsubscribe first: after that it queues nothing more for
+                // this session, so no message of an ended channel follows its `unsubscribed` frame.
+                let confirmations: Vec<_> = ended
+                    .iter()
+                    .filter_map(|ch| self.subscriptions.remove(ch))
+                    .map(|addr| {
+                        addr.send(Unsubscribe {
+                            session: self.id.clone(),
+                        })
+                    })
+                    .collect();
+                futures_util::future::join_all(confirmations)
+                    .into_actor(self)
+                    .map(move |_, act, ctx| {
+                        for channel in &ended {
+                            let body = UnsubscribedBody {
+                                channel,
+                                reason: "the refreshed token does not allow this channel",
+                            };
+                            act.send(ServerFrame::Unsubscribed(body), ctx);
+                        }
+                        act.reply(&id, &results::refreshed(exp), ctx);
+                    })
+                    .spawn(ctx);
             }
             Ok(_) => self.fail(forbidden("the new token is for another user".into()), ctx),
             Err(e) => {
