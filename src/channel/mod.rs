@@ -1,11 +1,13 @@
-//! Channels: one actor per active channel, the only writer of its history and the fan-out point.
+//! Channels: publishing through the log, the node's applier, and one actor per active channel as the
+//! fan-out point.
 //!
-//! A channel actor is started on first use on one of the channel arbiters (chosen by a hash of the name,
-//! so channels spread over threads), and stops after `channel.idle_ms` without subscribers or traffic. It
-//! assigns offsets through the [`Log`](crate::cluster::Log), waits for durability, then encodes each message
-//! once per wire encoding and hands the shared bytes to every subscriber's bounded outbox with `try_send`.
-//! It never awaits a socket: a full outbox evicts that subscriber as a slow consumer instead of slowing the
-//! channel for the others.
+//! [`publish`] proposes an entry to the node's [`Log`](crate::cluster::Log); the applier
+//! (`applier.rs`) applies committed entries in log order and hands each applied message to its channel's
+//! actor, if one runs. A channel actor is started on first subscribe on one of the channel arbiters
+//! (chosen by a hash of the name, so channels spread over threads), and stops after `channel.idle_ms`
+//! without subscribers or traffic. It encodes each message once per wire encoding and hands the shared
+//! bytes to every subscriber's outbox with `try_send`. It never awaits a socket: a full outbox evicts that
+//! subscriber as a slow consumer instead of slowing the channel for the others.
 
 mod actor;
 mod applier;

@@ -2,7 +2,7 @@
 //!
 //! Exists because a bound in frames alone lets one connection hold a lot of memory: 1024 queued frames
 //! of a 256 KiB `history` page each are 256 MiB. Every producer (the session itself, channel actors,
-//! history replays) puts frames in with [`Outbox::try_send`] or [`Outbox::send`]; the connection's
+//! history replays) puts frames in with [`Outbox::try_send`] or [`Outbox::send_unless`]; the connection's
 //! writer takes them out with [`OutboxReceiver::poll_recv`]. A frame is accepted while fewer than
 //! `session.outbox_bytes` are queued, so the queue holds at most that plus one frame per producer racing
 //! for the last room. Queued bytes are counted from the frames' wire size (the frame bytes are shared
@@ -100,20 +100,9 @@ impl Outbox {
         })
     }
 
-    /// Queues a frame, waiting for room (in frames and bytes). For producers that may wait, such as a
-    /// history replay; never awaited inside an actor's handler.
-    pub async fn send(&self, out: Outgoing) -> Result<(), OutboxError> {
-        self.wait_for_room().await?;
-        let len = out.wire_len();
-        self.shared.queued.fetch_add(len, Ordering::AcqRel);
-        self.tx.send(out).await.map_err(|_| {
-            self.shared.queued.fetch_sub(len, Ordering::AcqRel);
-            OutboxError::Closed
-        })
-    }
-
-    /// Like [`Outbox::send`], but the frame is queued only while `cancelled` holds `false`, checked under
-    /// its lock at the moment of queueing. Whoever sets it to `true` under the same lock knows that no
+    /// Queues a frame, waiting for room (in frames and bytes), but only while `cancelled` holds `false`,
+    /// checked under its lock at the moment of queueing. For producers that may wait, such as a history
+    /// replay; never awaited inside an actor's handler. Whoever sets it to `true` under the same lock knows that no
     /// frame of this sender is queued after that point.
     pub async fn send_unless(
         &self,
@@ -232,7 +221,10 @@ mod tests {
         let (tx, mut rx) = Outbox::new(1024, 1_000);
         tx.try_send(frame(2_000)).unwrap();
         let tx2 = tx.clone();
-        let waiter = tokio::spawn(async move { tx2.send(frame(5)).await });
+        let waiter = tokio::spawn(async move {
+            let cancelled = std::sync::Mutex::new(false);
+            tx2.send_unless(frame(5), &cancelled).await
+        });
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!waiter.is_finished(), "no room: the sender waits");
         let first = std::future::poll_fn(|cx| rx.poll_recv(cx)).await;

@@ -16,8 +16,8 @@ use sled::Transactional;
 
 use super::entry::{Applied, Entry, EntryKind};
 use super::error::HistoryError;
-use super::keys::{self, IdemEntry, Meta};
-use super::store::{abort, replace_idem_index, MAX_OFFSET};
+use super::keys::{self, Meta};
+use super::store::{abort, put_message, MessageWrite};
 use super::Store;
 
 /// Cursor holding the last log position applied.
@@ -110,33 +110,18 @@ impl Store {
                     }
                 }
                 let offset = meta.head + 1;
-                if offset >= MAX_OFFSET {
-                    return abort(HistoryError::OffsetOverflow {
-                        channel: channel.to_owned(),
-                        offset,
-                    });
-                }
-                tm.insert(keys::message_key(channel, offset), mval.as_slice())?;
-                if let Some(ikey) = &ikey {
-                    replace_idem_index(ti, tx, ikey, expires_at_ms)?;
-                    let idem = IdemEntry {
-                        id: entry.id.clone(),
-                        epoch: meta.epoch.clone(),
-                        offset,
-                        expires_at_ms,
-                        digest: Some(digest),
-                    };
-                    ti.insert(ikey.as_slice(), keys::encode_idem(&idem))?;
-                }
-                let epoch = meta.epoch;
-                tmeta.insert(
-                    channel.as_bytes(),
-                    keys::encode_meta(&Meta {
-                        epoch: epoch.clone(),
-                        head: offset,
-                    }),
-                )?;
-                Ok(Applied::Message { epoch, offset })
+                let written = MessageWrite {
+                    channel,
+                    id: &entry.id,
+                    offset,
+                    value: &mval,
+                    idem: ikey.as_deref().map(|k| (k, expires_at_ms, digest)),
+                };
+                put_message((tm, tmeta, ti, tx), meta.epoch.clone(), &written)?;
+                Ok(Applied::Message {
+                    epoch: meta.epoch,
+                    offset,
+                })
             },
         )?;
         Ok(out)

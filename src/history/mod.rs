@@ -15,7 +15,10 @@
 //! Message values carry their timestamp for age trimming. `Tree::len()` is never called (it scans).
 //!
 //! # Atomicity
-//! `append` is ONE sled multi-tree transaction over messages + meta + idem + idem_exp. A transaction
+//! [`Store::apply`] (the node's write path: one committed log entry) is ONE sled multi-tree transaction
+//! over messages + meta + idem + idem_exp + cursors (the applied log position); [`Store::append`] (an
+//! explicit offset, used by the store's own tests and benchmarks) is the same write without the log
+//! position. Both write through one helper (`store::put_message`). A transaction
 //! (rather than one prefixed tree + `apply_batch`) was chosen because the offset check
 //! (`offset == head + 1`) must read the head and write the new one atomically; a batch cannot read,
 //! so it would need an external lock per channel, and separate trees keep the layout the design

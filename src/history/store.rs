@@ -346,7 +346,6 @@ impl Store {
                 offset: msg.offset,
             });
         }
-        let mkey = keys::message_key(channel, msg.offset);
         let mval = keys::encode_message(&msg.id, msg.ts_ms, msg.from.as_deref(), &msg.data);
         let ikey = idem.map(|(k, exp)| (keys::idem_key(channel, k), exp));
         let digest = keys::data_digest(&msg.data);
@@ -370,24 +369,15 @@ impl Store {
                     got: msg.offset,
                 });
             }
-            tm.insert(mkey.as_slice(), mval.as_slice())?;
-            if let Some((ikey, expires_at_ms)) = &ikey {
-                replace_idem_index(ti, tx, ikey, *expires_at_ms)?;
-                let entry = IdemEntry {
-                    id: msg.id.clone(),
-                    epoch: meta.epoch.clone(),
-                    offset: msg.offset,
-                    expires_at_ms: *expires_at_ms,
-                    digest: Some(digest),
-                };
-                ti.insert(ikey.as_slice(), keys::encode_idem(&entry))?;
-            }
-            let new_meta = Meta {
-                epoch: meta.epoch,
-                head: msg.offset,
+            let idem = ikey.as_ref().map(|(k, exp)| (k.as_slice(), *exp, digest));
+            let written = MessageWrite {
+                channel,
+                id: &msg.id,
+                offset: msg.offset,
+                value: &mval,
+                idem,
             };
-            tmeta.insert(channel.as_bytes(), keys::encode_meta(&new_meta))?;
-            Ok(())
+            put_message((tm, tmeta, ti, tx), meta.epoch, &written)
         })?;
         Ok(())
     }
@@ -561,6 +551,55 @@ impl Store {
     pub fn size_on_disk(&self) -> Result<u64, HistoryError> {
         Ok(self.inner.db.size_on_disk()?)
     }
+}
+
+/// One message as [`put_message`] writes it.
+pub(super) struct MessageWrite<'a> {
+    pub channel: &'a str,
+    pub id: &'a str,
+    pub offset: u64,
+    /// The encoded message value ([`keys::encode_message`]).
+    pub value: &'a [u8],
+    /// The idempotency key (built by [`keys::idem_key`]), its expiry and the data's digest.
+    pub idem: Option<(&'a [u8], u64, [u8; 32])>,
+}
+
+/// The one write of a message, shared by [`Store::append`] and [`Store::apply`]: the message at its
+/// offset, its idempotency entry (if any), and the channel's new head, inside the caller's transaction.
+pub(super) fn put_message(
+    (tm, tmeta, ti, tx): (
+        &TransactionalTree,
+        &TransactionalTree,
+        &TransactionalTree,
+        &TransactionalTree,
+    ),
+    epoch: String,
+    m: &MessageWrite<'_>,
+) -> TxResult<()> {
+    if m.offset >= MAX_OFFSET {
+        return abort(HistoryError::OffsetOverflow {
+            channel: m.channel.to_owned(),
+            offset: m.offset,
+        });
+    }
+    tm.insert(keys::message_key(m.channel, m.offset), m.value)?;
+    if let Some((ikey, expires_at_ms, digest)) = m.idem {
+        replace_idem_index(ti, tx, ikey, expires_at_ms)?;
+        let entry = IdemEntry {
+            id: m.id.to_owned(),
+            epoch: epoch.clone(),
+            offset: m.offset,
+            expires_at_ms,
+            digest: Some(digest),
+        };
+        ti.insert(ikey, keys::encode_idem(&entry))?;
+    }
+    let head = Meta {
+        epoch,
+        head: m.offset,
+    };
+    tmeta.insert(m.channel.as_bytes(), keys::encode_meta(&head))?;
+    Ok(())
 }
 
 /// Drops the expiry-index entry of an idempotency entry about to be overwritten.
