@@ -75,6 +75,9 @@ pub struct SessionConfig {
     /// Commands of one session being processed at once (publish, history, presence, subscribe,
     /// unsubscribe); at the cap the session stops reading its socket until one finishes.
     pub max_inflight: usize,
+    /// A subscriber whose oldest message not yet sent is older than this is cut with 4001 (it resumes
+    /// with `since`). Subscribers behind by less catch up from the channel's window or history.
+    pub max_lag_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -115,9 +118,11 @@ pub struct LimitsConfig {
 pub struct ChannelConfig {
     /// A channel actor with no subscribers and no traffic for this long stops (its history stays on disk).
     pub idle_ms: u64,
-    /// Live messages buffered for one subscriber while its replay runs; beyond it the subscriber is a slow
-    /// consumer.
-    pub replay_buffer: usize,
+    /// Recent messages a channel keeps in memory (shared, encoded once per encoding) for subscribers that
+    /// are a little behind; further behind, they read history from disk.
+    pub window: usize,
+    /// Bytes of message data the in-memory window of one channel may hold.
+    pub window_bytes: usize,
     /// `join`/`leave` frames a channel sends per second (token bucket, burst of the same size); beyond it
     /// they are not sent and `herald_join_leave_suppressed_total` counts them.
     pub join_leave_per_second: u32,
@@ -273,6 +278,7 @@ impl Default for SessionConfig {
             handshake_timeout_ms: 5_000,
             outbox_bytes: 1 << 20,
             max_inflight: 32,
+            max_lag_ms: 30_000,
         }
     }
 }
@@ -303,7 +309,8 @@ impl Default for ChannelConfig {
     fn default() -> Self {
         ChannelConfig {
             idle_ms: 30_000,
-            replay_buffer: 4096,
+            window: 1024,
+            window_bytes: 1 << 20,
             join_leave_per_second: 20,
         }
     }
@@ -485,7 +492,7 @@ impl Config {
             );
         }
         // Ranges that would otherwise overflow a timer or an allocation, or hang the node.
-        let ranges: [(&str, u64, u64, u64); 13] = [
+        let ranges: [(&str, u64, u64, u64); 15] = [
             (
                 "server.shutdown_grace_ms",
                 self.server.shutdown_grace_ms,
@@ -500,11 +507,18 @@ impl Config {
             ),
             ("storage.cache_mb", self.storage.cache_mb, 1, 1 << 20),
             ("auth.leeway_secs", self.auth.leeway_secs, 0, 3_600),
+            ("channel.window", self.channel.window as u64, 1, 1 << 20),
             (
-                "channel.replay_buffer",
-                self.channel.replay_buffer as u64,
-                1,
-                1 << 20,
+                "channel.window_bytes",
+                self.channel.window_bytes as u64,
+                1024,
+                1 << 30,
+            ),
+            (
+                "session.max_lag_ms",
+                self.session.max_lag_ms,
+                100,
+                86_400_000,
             ),
             (
                 "channel.join_leave_per_second",

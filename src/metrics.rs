@@ -11,6 +11,11 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// Bucket bounds for connection lifetimes in seconds.
+/// Bounds (seconds) of the subscriber lag histogram: from caught up to `session.max_lag_ms` and beyond.
+pub const LAG_BUCKETS: &[f64] = &[
+    0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
 pub const LIFETIME_BUCKETS: &[f64] = &[1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0];
 
 /// A Prometheus-style histogram: counts per upper bound, plus sum and count.

@@ -19,7 +19,7 @@ use crate::channel::{Applier, Evict, Registry};
 use crate::cluster::Log;
 use crate::config::Config;
 use crate::history::Store;
-use crate::metrics::{Histogram, LATENCY_BUCKETS, LIFETIME_BUCKETS};
+use crate::metrics::{Histogram, LAG_BUCKETS, LATENCY_BUCKETS, LIFETIME_BUCKETS};
 use crate::session::admission::{Admission, RefusalLog, RefusedBy};
 
 /// Counters, gauges and histograms of a node. Gauges are signed so a racing decrement never wraps.
@@ -52,6 +52,11 @@ pub struct Stats {
     pub join_leave_suppressed: AtomicU64,
     /// Connections closed with 4007 for flooding after `rate_limited`.
     pub rate_limit_closes: AtomicU64,
+    /// Subscribers behind their channel's head at their channel's last lag check.
+    pub catching_up: AtomicI64,
+    /// Age of the oldest message a subscriber has not been sent yet (0 when caught up), sampled per
+    /// subscriber at every lag check of its channel.
+    pub subscriber_lag: Histogram,
 }
 
 impl Default for Stats {
@@ -75,6 +80,8 @@ impl Default for Stats {
             connections_refused: Default::default(),
             join_leave_suppressed: AtomicU64::new(0),
             rate_limit_closes: AtomicU64::new(0),
+            catching_up: AtomicI64::new(0),
+            subscriber_lag: Histogram::new(LAG_BUCKETS),
         }
     }
 }

@@ -760,9 +760,12 @@ async fn permessage_deflate_is_never_negotiated() {
 // Slow consumers
 // ---------------------------------------------------------------------------------------------------------
 
-/// A node config where outboxes fill fast (16 frames) and publishers are not rate limited.
+/// A node config where a subscriber that stops reading is cut soon (behind for more than 300 ms; changed on
+/// purpose when subscribers became cursors: a full outbox no longer cuts anyone), outboxes are small (16
+/// frames) and publishers are not rate limited.
 fn slow_consumer_config() -> (herald::config::Config, tempfile::TempDir) {
     let (mut cfg, dir) = test_config();
+    cfg.session.max_lag_ms = 300;
     cfg.session.outbox_capacity = 16;
     cfg.limits.messages_per_second = 1_000_000;
     cfg.limits.messages_burst = 1_000_000;

@@ -1,5 +1,6 @@
 //! `herald_slow_consumer_disconnects_total` counts sessions, not channels: a subscriber of several busy
-//! channels that stops reading is cut once and counted once, although every channel finds its outbox full.
+//! channels that stops reading is cut once and counted once, although every channel finds it behind for
+//! longer than `session.max_lag_ms`.
 
 mod common;
 
@@ -15,7 +16,8 @@ use tokio_tungstenite::tungstenite::Message;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_cut_by_several_channels_counts_once() {
     let (mut cfg, _dir) = test_config();
-    // Outboxes bounded by bytes (1 MiB default): the stalled subscriber's fills, publishers' replies fit.
+    // A subscriber behind for more than 300 ms is cut, by each of its channels.
+    cfg.session.max_lag_ms = 300;
     cfg.limits.messages_per_second = 1_000_000;
     cfg.limits.messages_burst = 1_000_000;
     let node = start(cfg);

@@ -134,7 +134,7 @@ pub fn render(node: &Node) -> String {
     );
     o.counter(
         "herald_messages_sent_total",
-        "Channel messages delivered to subscribers' outboxes.",
+        "Channel messages handed to subscribers' sockets.",
         count(&s.messages_out),
     );
     o.gauge(
@@ -147,6 +147,16 @@ pub fn render(node: &Node) -> String {
         "Channels with a running channel actor.",
         Stats::get(&s.channels).max(0),
     );
+    o.gauge(
+        "herald_subscribers_catching_up",
+        "Subscribers behind their channel's head at the last lag check (they catch up from the window or history).",
+        Stats::get(&s.catching_up).max(0),
+    );
+    o.histogram(
+        "herald_subscriber_lag_seconds",
+        "Age of the oldest message a subscriber has not been sent yet (0 when caught up), sampled per subscriber every lag check.",
+        &s.subscriber_lag.snapshot(),
+    );
     o.histogram(
         "herald_publish_to_deliver_seconds",
         "From a publish reaching its channel to its delivery to the outboxes (includes the flush).",
@@ -156,7 +166,7 @@ pub fn render(node: &Node) -> String {
     // Refusals and evictions.
     o.counter(
         "herald_slow_consumer_disconnects_total",
-        "Connections closed because their outbox was full (close 4001).",
+        "Connections closed as slow consumers (close 4001): behind longer than session.max_lag_ms, out of retention, or control frames over session.outbox_bytes.",
         count(&s.slow_consumers),
     );
     o.counter(

@@ -1,8 +1,12 @@
-//! The channel actor: fan-out, subscribers and presence of one channel.
+//! The channel actor: subscribers, presence and the feed of one channel.
 //!
 //! It does not decide the order of messages: the node's applier applies committed log entries to the
-//! store and hands the channel each applied message ([`Delivered`]), in log order, which it encodes once
-//! per encoding and queues for its subscribers.
+//! store and hands the channel each applied message ([`Delivered`]), in log order. The actor pushes it
+//! into the channel's [`Feed`] and wakes its subscribers' cursors; each connection's writer then takes
+//! the message when its socket has room ([`super::cursor`]). The actor never waits for a socket and never
+//! queues messages per subscriber. A subscriber that falls behind is left to catch up; every lag check
+//! the actor measures how far behind each one is and cuts (4001) only those behind longer than
+//! `session.max_lag_ms`. Until then, retention keeps the history they still need.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,45 +15,22 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::applier::{Delivered, ResetApplied};
-use super::replay::{self, ReplayDone, ReplayJob, ReplayTicket};
+use super::cursor::{Cursor, CursorShared};
+use super::feed::{Feed, WindowItem};
 use super::{ChannelError, Evict, Outbox, Subscribe, Unsubscribe};
 use crate::config::NamespaceOptions;
-use crate::history::{HistoryError, Retention};
+use crate::history::{HistoryError, Retention, StoredMessage};
 use crate::node::{Node, Stats};
-use crate::protocol::{
-    self, encode, results, CloseCode, Encoding, MessageBody, Outgoing, PresenceBody, ServerFrame,
-};
-
-/// One message encoded for each encoding some subscriber uses.
-struct Delivery {
-    json: Option<Outgoing>,
-    msgpack: Option<Outgoing>,
-}
-
-impl Delivery {
-    fn get(&self, e: Encoding) -> Option<&Outgoing> {
-        match e {
-            Encoding::Json => self.json.as_ref(),
-            Encoding::Msgpack => self.msgpack.as_ref(),
-        }
-    }
-}
+use crate::protocol::{self, encode, results, CloseCode, Outgoing, PresenceBody, ServerFrame};
 
 pub(super) struct Subscriber {
     pub(super) user: Option<Arc<str>>,
     pub(super) since_ms: u64,
-    pub(super) encoding: Encoding,
+    pub(super) encoding: crate::protocol::Encoding,
+    /// The connection's outbox, for `join`/`leave`.
     pub(super) outbox: Outbox,
     pub(super) evict: Recipient<Evict>,
-    /// Set while history is being replayed to this subscriber: live messages wait in `buffer`.
-    pub(super) replay: Option<ReplayState>,
-}
-
-pub(super) struct ReplayState {
-    ticket: Arc<ReplayTicket>,
-    /// First offset being replayed; retention must not trim from here on.
-    floor: u64,
-    buffer: Vec<Arc<Delivery>>,
+    pub(super) cursor: Arc<CursorShared>,
 }
 
 /// The actor of one channel. See the module docs of [`crate::channel`].
@@ -61,11 +42,10 @@ pub struct ChannelActor {
     /// Offset of the last message applied and delivered.
     pub(super) durable: u64,
     pub(super) subscribers: HashMap<Arc<str>, Subscriber>,
-    /// Subscribers per encoding (JSON, MessagePack), so a delivery knows which encodings to build
-    /// without walking every subscriber.
-    per_encoding: [usize; 2],
-    /// Id of the next replay ([`ReplayTicket`]).
-    next_replay: u64,
+    feed: Arc<Feed>,
+    /// Subscribers found behind at the last lag check (this channel's share of
+    /// `herald_subscribers_catching_up`).
+    behind: i64,
     pub(super) last_activity: Instant,
     pub(super) last_publish_ms: Option<u64>,
     /// Budget of `join`/`leave` frames (`channel.join_leave_per_second`); `None` when the namespace
@@ -73,13 +53,6 @@ pub struct ChannelActor {
     join_leave_budget: Option<governor::DefaultDirectRateLimiter>,
     /// Span of this channel; entered by the handlers.
     pub(super) span: tracing::Span,
-}
-
-fn encoding_slot(e: Encoding) -> usize {
-    match e {
-        Encoding::Json => 0,
-        Encoding::Msgpack => 1,
-    }
 }
 
 impl ChannelActor {
@@ -95,16 +68,25 @@ impl ChannelActor {
                 node.clock.clone(),
             )
         });
+        let epoch: Arc<str> = Arc::from(state.epoch.as_str());
+        let feed = Arc::new(Feed::new(
+            name.clone(),
+            node.store.clone(),
+            epoch.clone(),
+            state.head,
+            node.config.channel.window,
+            node.config.channel.window_bytes,
+        ));
         Ok(ChannelActor {
             join_leave_budget,
             span: tracing::info_span!("channel", channel = %name),
             name,
             ns,
-            epoch: Arc::from(state.epoch.as_str()),
+            epoch,
             durable: state.head,
             subscribers: HashMap::new(),
-            per_encoding: [0, 0],
-            next_replay: 0,
+            feed,
+            behind: 0,
             last_activity: Instant::now(),
             last_publish_ms: None,
             node,
@@ -115,83 +97,36 @@ impl ChannelActor {
         retention_of(&self.ns)
     }
 
-    /// Lowest offset an in-progress replay still needs.
-    pub(super) fn replay_floor(&self) -> Option<u64> {
+    /// The first offset some subscriber still has to be sent, if any is behind: retention keeps it.
+    pub(super) fn retention_floor(&self) -> Option<u64> {
         self.subscribers
             .values()
-            .filter_map(|s| s.replay.as_ref().map(|r| r.floor))
+            .map(|s| s.cursor.pos())
+            .filter(|&p| p < self.durable)
             .min()
+            .map(|p| p + 1)
     }
 
     fn trim(&self) {
-        let floor = self.replay_floor();
-        if let Err(e) =
-            self.node
-                .store
-                .trim(&self.name, &self.retention(), protocol::now_ms(), floor)
+        let floor = self.retention_floor();
+        match self
+            .node
+            .store
+            .trim(&self.name, &self.retention(), protocol::now_ms(), floor)
         {
-            tracing::warn!(channel = %self.name, error = %e, "history trim failed");
+            Ok(n) => Stats::add(&self.node.stats.history_trimmed, n),
+            Err(e) => tracing::warn!(channel = %self.name, error = %e, "history trim failed"),
         }
     }
 
-    /// Encodes a message once per encoding in use and queues it on every subscriber's outbox.
-    fn deliver(&mut self, m: &Delivered, data: &rmpv::Value) {
-        let body = MessageBody {
-            channel: &self.name,
-            id: &m.id,
-            epoch: &self.epoch,
-            offset: m.offset,
-            data,
-            from: m.from.as_deref(),
-        };
-        let frame = ServerFrame::Message(body);
-        let enc = |e: Encoding| {
-            if self.per_encoding[encoding_slot(e)] == 0 {
-                return None;
-            }
-            encode(e, &frame)
-                .map_err(|err| tracing::error!(error = %err, "message encoding failed"))
-                .ok()
-        };
-        let delivery = Arc::new(Delivery {
-            json: enc(Encoding::Json),
-            msgpack: enc(Encoding::Msgpack),
-        });
-        let buffer_cap = self.node.config.channel.replay_buffer;
-        let mut slow = Vec::new();
-        let mut sent = 0u64;
-        for (id, sub) in self.subscribers.iter_mut() {
-            if let Some(r) = sub.replay.as_mut() {
-                if r.buffer.len() >= buffer_cap {
-                    slow.push(id.clone());
-                } else {
-                    r.buffer.push(delivery.clone());
-                }
-                continue;
-            }
-            let Some(out) = delivery.get(sub.encoding) else {
-                continue;
-            };
-            if sub.outbox.try_send(out.clone()).is_ok() {
-                sent += 1;
-            } else {
-                slow.push(id.clone());
-            }
-        }
-        Stats::add(&self.node.stats.messages_out, sent);
-        for id in slow {
-            self.evict_slow(&id);
-        }
-    }
-
-    /// Drops a subscriber whose outbox is full (or closed) and asks its session to close with 4001.
-    fn evict_slow(&mut self, session: &Arc<str>) {
+    /// Cuts a subscriber that cannot catch up and asks its session to close with 4001.
+    fn evict_slow(&mut self, session: &Arc<str>, reason: &str) {
         if let Some(sub) = self.remove_subscriber(session, true) {
             // Counted by the session when it closes: once per session, however many channels cut it.
             if !sub.outbox.is_closed() {
                 sub.evict.do_send(Evict {
                     code: CloseCode::SlowConsumer,
-                    reason: None,
+                    reason: Some(reason.to_string()),
                 });
             }
         }
@@ -199,10 +134,7 @@ impl ChannelActor {
 
     fn remove_subscriber(&mut self, session: &Arc<str>, announce: bool) -> Option<Subscriber> {
         let sub = self.subscribers.remove(session)?;
-        if let Some(r) = &sub.replay {
-            r.ticket.cancel();
-        }
-        self.per_encoding[encoding_slot(sub.encoding)] -= 1;
+        sub.cursor.cancel();
         Stats::gauge(&self.node.stats.subscriptions, -1);
         if announce && self.ns.join_leave {
             self.announce(false, session, sub.user.as_deref());
@@ -210,7 +142,7 @@ impl ChannelActor {
         Some(sub)
     }
 
-    /// Sends `join` or `leave` to every other live subscriber, within the channel's join/leave budget.
+    /// Sends `join` or `leave` to every other subscriber, within the channel's join/leave budget.
     fn announce(&mut self, join: bool, session: &str, user: Option<&str>) {
         match &self.join_leave_budget {
             Some(budget) if budget.check().is_ok() => {}
@@ -232,7 +164,7 @@ impl ChannelActor {
         let mut cache: [Option<Outgoing>; 2] = [None, None];
         let mut slow = Vec::new();
         for (id, sub) in &self.subscribers {
-            if &**id == session || sub.replay.is_some() {
+            if &**id == session {
                 continue;
             }
             let slot = &mut cache[sub.encoding as usize];
@@ -246,7 +178,46 @@ impl ChannelActor {
             }
         }
         for id in slow {
-            self.evict_slow(&id);
+            self.evict_slow(&id, "the connection's control frames are not being read");
+        }
+    }
+
+    /// Measures every subscriber's lag, cuts those behind longer than `session.max_lag_ms`, and lets
+    /// the window forget what every subscriber has been sent.
+    fn check_lag(&mut self) {
+        let now = protocol::now_ms();
+        let max_lag = self.node.config.session.max_lag_ms;
+        let (mut behind, mut cut) = (0i64, Vec::new());
+        let mut lowest = self.durable;
+        for (id, sub) in &self.subscribers {
+            let pos = sub.cursor.pos();
+            lowest = lowest.min(pos);
+            let lag_ms = match self.feed.ts_after(pos) {
+                Ok(ts) => ts.map_or(0, |ts| now.saturating_sub(ts)),
+                Err(e) => {
+                    tracing::warn!(channel = %self.name, error = %e, "lag check failed");
+                    0
+                }
+            };
+            self.node
+                .stats
+                .subscriber_lag
+                .observe(lag_ms as f64 / 1000.0);
+            if pos < self.durable {
+                behind += 1;
+            }
+            if lag_ms > max_lag {
+                cut.push(id.clone());
+            }
+        }
+        Stats::gauge(&self.node.stats.catching_up, behind - self.behind);
+        self.behind = behind;
+        self.feed.forget_through(lowest);
+        for id in cut {
+            self.evict_slow(
+                &id,
+                "behind by more than session.max_lag_ms; resume with since",
+            );
         }
     }
 
@@ -300,12 +271,19 @@ impl Actor for ChannelActor {
         self.trim();
         let every = Duration::from_millis((self.node.config.channel.idle_ms / 2).clamp(50, 5_000));
         ctx.run_interval(every, |act, ctx| act.tick(ctx));
+        let lag_every =
+            Duration::from_millis((self.node.config.session.max_lag_ms / 4).clamp(50, 1_000));
+        ctx.run_interval(lag_every, |act, _| {
+            let _span = act.span.clone().entered();
+            act.check_lag();
+        });
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        for r in self.subscribers.values().filter_map(|s| s.replay.as_ref()) {
-            r.ticket.cancel();
+        for s in self.subscribers.values() {
+            s.cursor.cancel();
         }
+        Stats::gauge(&self.node.stats.catching_up, -self.behind);
         Stats::gauge(&self.node.stats.channels, -1);
         Stats::gauge(
             &self.node.stats.subscriptions,
@@ -326,18 +304,24 @@ impl Handler<Delivered> for ChannelActor {
         }
         self.last_activity = Instant::now();
         self.last_publish_ms = Some(msg.ts);
-        match rmpv::decode::read_value(&mut &msg.data[..]) {
-            Ok(data) => self.deliver(&msg, &data),
-            Err(e) => {
-                tracing::error!(channel = %self.name, offset = msg.offset, error = %e, "applied message does not decode")
-            }
-        }
         let waited = protocol::now_ms().saturating_sub(msg.ts);
         self.node
             .stats
             .publish_to_deliver
             .observe_duration(Duration::from_millis(waited));
-        self.durable = msg.offset;
+        let offset = msg.offset;
+        let message = StoredMessage {
+            offset,
+            id: msg.id,
+            ts_ms: msg.ts,
+            from: msg.from,
+            data: msg.data,
+        };
+        self.feed.push(WindowItem::new(message, self.epoch.clone()));
+        for sub in self.subscribers.values() {
+            sub.cursor.wake();
+        }
+        self.durable = offset;
         self.trim();
     }
 }
@@ -350,13 +334,17 @@ impl Handler<ResetApplied> for ChannelActor {
         tracing::warn!(channel = %self.name, epoch = %msg.epoch, "channel history reset");
         self.epoch = Arc::from(msg.epoch.as_str());
         self.durable = 0;
+        self.feed.reset(self.epoch.clone());
+        for sub in self.subscribers.values() {
+            sub.cursor.wake();
+        }
     }
 }
 
 impl Handler<Subscribe> for ChannelActor {
     type Result = Result<(), ChannelError>;
 
-    fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Subscribe, _ctx: &mut Self::Context) -> Self::Result {
         let _span = self.span.clone().entered();
         self.last_activity = Instant::now();
         if msg.outbox.is_closed() {
@@ -365,29 +353,35 @@ impl Handler<Subscribe> for ChannelActor {
         if self.subscribers.contains_key(&msg.session) {
             return Err(ChannelError::AlreadySubscribed);
         }
-        let mut replay_from = None;
-        let resume = match &msg.since {
-            None => None,
+        // `head` is what the reply announces: the subscriber gets every message after `start`.
+        let (start, head, resume) = match &msg.since {
+            None => (self.durable, self.durable, None),
             Some(pos) => {
-                let oldest = self
+                let stored = self
                     .node
                     .store
                     .peek_state(&self.name)
                     .map_err(|e| ChannelError::Storage(e.to_string()))?
-                    .and_then(|s| s.oldest);
-                let complete =
-                    pos.offset == self.durable || oldest.is_some_and(|o| o <= pos.offset + 1);
-                if *pos.epoch == *self.epoch && pos.offset <= self.durable && complete {
-                    if pos.offset < self.durable {
-                        replay_from = Some(pos.offset);
-                    }
-                    Some((true, self.durable - pos.offset))
+                    .filter(|s| *s.epoch == *self.epoch);
+                // Applied to the store but not yet handed to this actor counts: the cursor waits for it.
+                let head = stored
+                    .as_ref()
+                    .map_or(self.durable, |s| s.head.max(self.durable));
+                let oldest = stored.and_then(|s| s.oldest);
+                let complete = pos.offset == head || oldest.is_some_and(|o| o <= pos.offset + 1);
+                if *pos.epoch == *self.epoch && pos.offset <= head && complete {
+                    let replayed = self
+                        .node
+                        .store
+                        .count_range(&self.name, pos.offset, head)
+                        .map_err(|e| ChannelError::Storage(e.to_string()))?;
+                    (pos.offset, head, Some((true, replayed)))
                 } else {
-                    Some((false, 0))
+                    (self.durable, self.durable, Some((false, 0)))
                 }
             }
         };
-        let result = results::subscribed(&self.name, &self.epoch, self.durable, resume);
+        let result = results::subscribed(&self.name, &self.epoch, head, resume);
         let reply = ServerFrame::Reply {
             id: &msg.request,
             result: &result,
@@ -395,25 +389,20 @@ impl Handler<Subscribe> for ChannelActor {
         let frame =
             encode(msg.encoding, &reply).map_err(|e| ChannelError::Storage(e.to_string()))?;
         let session = msg.session.clone();
-        self.next_replay += 1;
-        let ticket = ReplayTicket::new(self.next_replay);
-        let job = replay_from.map(|after| ReplayJob {
-            ticket: ticket.clone(),
-            store: self.node.store.clone(),
-            channel: self.name.clone(),
-            epoch: self.epoch.clone(),
-            encoding: msg.encoding,
-            outbox: msg.outbox.clone(),
-            after,
-            upto: self.durable,
-        });
+        let shared = CursorShared::new(start);
+        let cursor = Cursor::new(
+            self.node.clone(),
+            self.feed.clone(),
+            shared.clone(),
+            msg.encoding,
+            msg.evict.clone(),
+        );
         // Registered (and counted) before the reply is queued, so whoever sees the reply sees the
-        // subscription. Nothing can be delivered in between: this handler runs to completion.
+        // subscription, and retention keeps what its cursor still needs from now on.
         let outbox = msg.outbox.clone();
         let evict = msg.evict.clone();
         let user = msg.user.clone();
-        self.per_encoding[encoding_slot(msg.encoding)] += 1;
-        let replaced = self.subscribers.insert(
+        self.subscribers.insert(
             msg.session,
             Subscriber {
                 since_ms: protocol::now_ms(),
@@ -421,18 +410,11 @@ impl Handler<Subscribe> for ChannelActor {
                 encoding: msg.encoding,
                 outbox: msg.outbox,
                 evict: msg.evict,
-                replay: replay_from.map(|after| ReplayState {
-                    ticket,
-                    floor: after + 1,
-                    buffer: Vec::new(),
-                }),
+                cursor: shared,
             },
         );
-        match replaced {
-            Some(old) => self.per_encoding[encoding_slot(old.encoding)] -= 1,
-            None => Stats::gauge(&self.node.stats.subscriptions, 1),
-        }
-        if outbox.try_send(frame).is_err() {
+        Stats::gauge(&self.node.stats.subscriptions, 1);
+        if outbox.try_attach(frame, cursor).is_err() {
             self.remove_subscriber(&session, false);
             evict.do_send(Evict {
                 code: CloseCode::SlowConsumer,
@@ -443,64 +425,7 @@ impl Handler<Subscribe> for ChannelActor {
         if self.ns.join_leave {
             self.announce(true, &session, user.as_deref());
         }
-        if let Some(job) = job {
-            let me = ctx.address();
-            actix::spawn(async move {
-                let replay = job.ticket.id;
-                let ok = replay::run(job).await;
-                me.do_send(ReplayDone {
-                    session,
-                    replay,
-                    ok,
-                });
-            });
-        }
         Ok(())
-    }
-}
-
-impl Handler<ReplayDone> for ChannelActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: ReplayDone, _ctx: &mut Self::Context) {
-        let _span = self.span.clone().entered();
-        let Some(sub) = self.subscribers.get_mut(&msg.session) else {
-            return;
-        };
-        // The end of an older replay (of a subscription since ended) says nothing about this one.
-        if sub
-            .replay
-            .as_ref()
-            .is_none_or(|r| r.ticket.id != msg.replay)
-        {
-            return;
-        }
-        let Some(state) = sub.replay.take() else {
-            return;
-        };
-        if let Err(e) = msg.ok {
-            tracing::error!(channel = %self.name, session = %msg.session, error = %e, "replay failed");
-            let evict = sub.evict.clone();
-            self.remove_subscriber(&msg.session, true);
-            evict.do_send(Evict {
-                code: CloseCode::Internal,
-                reason: Some("replay failed".into()),
-            });
-            return;
-        }
-        let mut full = false;
-        for d in &state.buffer {
-            if let Some(out) = d.get(sub.encoding) {
-                if sub.outbox.try_send(out.clone()).is_err() {
-                    full = true;
-                    break;
-                }
-            }
-        }
-        if full {
-            self.evict_slow(&msg.session);
-        }
-        self.trim();
     }
 }
 

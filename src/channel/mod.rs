@@ -5,21 +5,25 @@
 //! (`applier.rs`) applies committed entries in log order and hands each applied message to its channel's
 //! actor, if one runs. A channel actor is started on first subscribe on one of the channel arbiters
 //! (chosen by a hash of the name, so channels spread over threads), and stops after `channel.idle_ms`
-//! without subscribers or traffic. It encodes each message once per wire encoding and hands the shared
-//! bytes to every subscriber's outbox with `try_send`. It never awaits a socket: a full outbox evicts that
-//! subscriber as a slow consumer instead of slowing the channel for the others.
+//! without subscribers or traffic. It pushes each message into the channel's feed (`feed.rs`: a window
+//! of recent messages, each encoded at most once per wire encoding, over history on disk). Every
+//! subscription is a cursor into that feed (`cursor.rs`), read by its connection's writer at the speed
+//! the socket drains. The actor never awaits a socket and queues nothing per subscriber: a subscriber
+//! that falls behind catches up, and is cut only when it stays behind longer than `session.max_lag_ms`.
 
 mod actor;
 mod applier;
+mod cursor;
+mod feed;
 mod outbox;
 mod queries;
 mod registry;
-mod replay;
 mod sweeper;
 
 pub use actor::{namespace_of, ChannelActor};
 pub use applier::{publish, start_applier, Applier};
-pub use outbox::{Outbox, OutboxError, OutboxReceiver};
+pub use cursor::Cursor;
+pub use outbox::{Item, Outbox, OutboxError, OutboxReceiver};
 pub use queries::{history_page, presence_members};
 pub use registry::Registry;
 pub use sweeper::start_sweeper;

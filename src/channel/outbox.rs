@@ -1,21 +1,39 @@
-//! A connection's outbox: the queue of encoded frames waiting for its socket, bounded in frames AND bytes.
+//! A connection's outbox: the queue of control frames waiting for its socket, bounded in frames AND bytes.
 //!
-//! Exists because a bound in frames alone lets one connection hold a lot of memory: 1024 queued frames
-//! of a 256 KiB `history` page each are 256 MiB. Every producer (the session itself, channel actors,
-//! history replays) puts frames in with [`Outbox::try_send`] or [`Outbox::send_unless`]; the connection's
-//! writer takes them out with [`OutboxReceiver::poll_recv`]. A frame is accepted while fewer than
+//! Channel messages do not pass through here: the writer pulls them from the subscriptions' cursors
+//! ([`super::Cursor`]). The outbox carries everything else: `welcome`, replies (a `history` page can be
+//! 256 KiB), errors, pings and pongs, `join`/`leave`, `unsubscribed`, and new subscriptions (their
+//! reply together with their cursor, so the reply goes out before any message of the subscription).
+//! The writer drains the outbox before it reads any cursor, so these frames never wait behind data.
+//! Producers put items in with [`Outbox::try_send`] / [`Outbox::try_attach`]; a full outbox means the
+//! client has stopped reading even its replies (a slow consumer). A frame is accepted while fewer than
 //! `session.outbox_bytes` are queued, so the queue holds at most that plus one frame per producer racing
-//! for the last room. Queued bytes are counted from the frames' wire size (the frame bytes are shared
-//! between subscribers, so this counts what the connection would hold if it were the only one).
+//! for the last room.
 
-use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
+use super::Cursor;
 use crate::protocol::Outgoing;
+
+/// What the writer takes out of an outbox.
+pub enum Item {
+    /// A frame to write.
+    Frame(Outgoing),
+    /// The reply to a subscribe, then the subscription's messages from its cursor.
+    Subscribed(Outgoing, Cursor),
+}
+
+impl Item {
+    fn wire_len(&self) -> usize {
+        match self {
+            Item::Frame(f) | Item::Subscribed(f, _) => f.wire_len(),
+        }
+    }
+}
 
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -24,28 +42,23 @@ pub enum OutboxError {
     Full,
     #[error("the connection is gone")]
     Closed,
-    #[error("the sender was cancelled")]
-    Cancelled,
 }
 
 struct Shared {
     queued: AtomicUsize,
     max_bytes: usize,
-    /// Set by an async sender waiting for byte room; the receiver then wakes it.
-    waiting: AtomicBool,
-    room: Notify,
 }
 
 /// The producers' end. Cheap to clone.
 #[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Outgoing>,
+    tx: mpsc::Sender<Item>,
     shared: Arc<Shared>,
 }
 
 /// The writer's end.
 pub struct OutboxReceiver {
-    rx: mpsc::Receiver<Outgoing>,
+    rx: mpsc::Receiver<Item>,
     shared: Arc<Shared>,
 }
 
@@ -64,8 +77,6 @@ impl Outbox {
         let shared = Arc::new(Shared {
             queued: AtomicUsize::new(0),
             max_bytes,
-            waiting: AtomicBool::new(false),
-            room: Notify::new(),
         });
         (
             Outbox {
@@ -82,6 +93,15 @@ impl Outbox {
 
     /// Queues a frame if there is room now.
     pub fn try_send(&self, out: Outgoing) -> Result<(), OutboxError> {
+        self.try_push(Item::Frame(out))
+    }
+
+    /// Queues the reply to a subscribe together with the subscription's cursor, if there is room now.
+    pub fn try_attach(&self, reply: Outgoing, cursor: Cursor) -> Result<(), OutboxError> {
+        self.try_push(Item::Subscribed(reply, cursor))
+    }
+
+    fn try_push(&self, out: Item) -> Result<(), OutboxError> {
         if self.tx.is_closed() {
             return Err(OutboxError::Closed);
         }
@@ -100,49 +120,6 @@ impl Outbox {
         })
     }
 
-    /// Queues a frame, waiting for room (in frames and bytes), but only while `cancelled` holds `false`,
-    /// checked under its lock at the moment of queueing. For producers that may wait, such as a history
-    /// replay; never awaited inside an actor's handler. Whoever sets it to `true` under the same lock knows that no
-    /// frame of this sender is queued after that point.
-    pub async fn send_unless(
-        &self,
-        out: Outgoing,
-        cancelled: &std::sync::Mutex<bool>,
-    ) -> Result<(), OutboxError> {
-        loop {
-            self.wait_for_room().await?;
-            let permit = self.tx.reserve().await.map_err(|_| OutboxError::Closed)?;
-            let stop = cancelled.lock().unwrap_or_else(|p| p.into_inner());
-            if *stop {
-                return Err(OutboxError::Cancelled);
-            }
-            if !self.has_room() {
-                continue; // another producer took the byte room meanwhile
-            }
-            self.shared
-                .queued
-                .fetch_add(out.wire_len(), Ordering::AcqRel);
-            permit.send(out);
-            return Ok(());
-        }
-    }
-
-    async fn wait_for_room(&self) -> Result<(), OutboxError> {
-        while !self.has_room() {
-            let mut notified = pin!(self.shared.room.notified());
-            notified.as_mut().enable();
-            self.shared.waiting.store(true, Ordering::Release);
-            if self.has_room() {
-                break;
-            }
-            if self.tx.is_closed() {
-                return Err(OutboxError::Closed);
-            }
-            notified.await;
-        }
-        Ok(())
-    }
-
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
@@ -154,16 +131,13 @@ impl Outbox {
 }
 
 impl OutboxReceiver {
-    /// The next queued frame.
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outgoing>> {
+    /// The next queued item.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
         let polled = self.rx.poll_recv(cx);
         if let Poll::Ready(Some(out)) = &polled {
             self.shared
                 .queued
                 .fetch_sub(out.wire_len(), Ordering::AcqRel);
-            if self.shared.waiting.swap(false, Ordering::AcqRel) {
-                self.shared.room.notify_waiters();
-            }
         }
         polled
     }
@@ -171,7 +145,6 @@ impl OutboxReceiver {
     /// Closes the queue: producers get [`OutboxError::Closed`] from now on.
     pub fn close(&mut self) {
         self.rx.close();
-        self.shared.room.notify_waiters();
     }
 }
 
@@ -214,25 +187,5 @@ mod tests {
             2 * frame(1).wire_len(),
             "a refused frame is not counted"
         );
-    }
-
-    #[tokio::test]
-    async fn an_async_sender_waits_for_byte_room() {
-        let (tx, mut rx) = Outbox::new(1024, 1_000);
-        tx.try_send(frame(2_000)).unwrap();
-        let tx2 = tx.clone();
-        let waiter = tokio::spawn(async move {
-            let cancelled = std::sync::Mutex::new(false);
-            tx2.send_unless(frame(5), &cancelled).await
-        });
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert!(!waiter.is_finished(), "no room: the sender waits");
-        let first = std::future::poll_fn(|cx| rx.poll_recv(cx)).await;
-        assert!(first.is_some());
-        waiter.await.unwrap().unwrap();
-        let second = std::future::poll_fn(|cx| rx.poll_recv(cx)).await;
-        assert_eq!(second, Some(frame(5)));
-        drop(rx);
-        assert_eq!(tx.try_send(frame(1)), Err(OutboxError::Closed));
     }
 }

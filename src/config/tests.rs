@@ -21,7 +21,7 @@ fn shipped_default_toml_matches_builtin_defaults() {
 #[test]
 fn values_that_overflow_or_hang_are_refused_with_their_key() {
     type Breaker = fn(&mut Config);
-    let cases: [(&str, Breaker); 8] = [
+    let cases: [(&str, Breaker); 9] = [
         ("server.shutdown_grace_ms", |c| {
             c.server.shutdown_grace_ms = u64::MAX
         }),
@@ -30,7 +30,8 @@ fn values_that_overflow_or_hang_are_refused_with_their_key() {
         }),
         ("storage.cache_mb", |c| c.storage.cache_mb = u64::MAX / 2),
         ("auth.leeway_secs", |c| c.auth.leeway_secs = u64::MAX),
-        ("channel.replay_buffer", |c| c.channel.replay_buffer = 0),
+        ("channel.window", |c| c.channel.window = 0),
+        ("session.max_lag_ms", |c| c.session.max_lag_ms = 0),
         ("limits.max_channels", |c| c.limits.max_channels = 0),
         ("limits.max_publish_bytes", |c| {
             c.limits.max_publish_bytes = c.limits.max_frame_bytes + 1

@@ -227,6 +227,11 @@ fn trim_by_size_age_and_floor() {
     // floor protects offsets >= floor
     assert_eq!(s.trim("c", &keep(5), 0, Some(9)).unwrap(), 3);
     assert_eq!(s.channel_state("c").unwrap().oldest, Some(9));
+    // Counted over what is stored: 9..=20 remain.
+    assert_eq!(s.count_range("c", 0, 20).unwrap(), 12);
+    assert_eq!(s.count_range("c", 10, 15).unwrap(), 5);
+    assert_eq!(s.count_range("c", 15, 15).unwrap(), 0);
+    assert_eq!(s.count_range("other", 0, 20).unwrap(), 0);
     // age: now 2000, max_age 1.05 s => cutoff 950: offsets 9 (ts 900) removed, 10 (ts 1000) kept
     let age = Retention {
         max_len: 1000,

@@ -1,7 +1,14 @@
-//! The response body of a WebSocket connection: it drains the connection's outbox straight onto the socket.
+//! The response body of a WebSocket connection: it drains the connection's outbox and its subscriptions'
+//! cursors straight onto the socket.
 //!
-//! Everything a connection sends goes through its bounded outbox, filled with `try_send` by the session
-//! actor and by channel actors, so nobody ever awaits a socket on their own thread. The HTTP layer polls
+//! Control frames (replies, errors, pings, pongs, `join`/`leave`) come from the connection's bounded
+//! outbox, filled with `try_send` by the session actor and by channel actors, so nobody ever awaits a
+//! socket on their own thread. Channel messages come from the subscriptions' cursors
+//! ([`crate::channel::Cursor`]): a subscription arrives through the outbox with its subscribe reply, and
+//! from then on the writer takes its next message from the channel's window or history whenever the
+//! socket has room, taking turns between subscriptions. The outbox is always drained first, so a control
+//! frame never waits behind data; a subscriber that reads slowly falls behind without queueing anything
+//! here. The HTTP layer polls
 //! this body whenever it has room to write and keeps polling until its write buffer holds
 //! `session.write_buffer_bytes`, so frames queued together leave in one write. Data frames arrive already
 //! framed (see [`crate::protocol::WsFrame`]): a poll hands out the shared bytes of the next frame, in slices
@@ -24,7 +31,7 @@ use actix_web::body::{BodySize, BoxBody, MessageBody};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::channel::OutboxReceiver;
+use crate::channel::{Cursor, Item, OutboxReceiver};
 use crate::protocol::{close_frame, Outgoing};
 
 /// Applies the frame-size limit to actix-ws's incoming side and aggregates continuation frames.
@@ -68,6 +75,10 @@ pub struct OutboxBody {
     closing: bool,
     /// Most bytes handed out per poll (`session.write_buffer_bytes`).
     max_chunk: usize,
+    /// The connection's subscriptions.
+    cursors: Vec<Cursor>,
+    /// The cursor asked first for the next message (they take turns).
+    turn: usize,
     /// actix-ws's body, held so that dropping ours tells its message stream the connection ended.
     _ws_body: BoxBody,
 }
@@ -86,7 +97,45 @@ impl OutboxBody {
             last: None,
             closing: false,
             max_chunk: max_chunk.max(1),
+            cursors: Vec::new(),
+            turn: 0,
             _ws_body: ws_body,
+        }
+    }
+
+    /// The next frame to write: a queued control frame first, else the next message of a subscription.
+    /// `Ready(None)` when the outbox is closed (the session is gone).
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        match self.outbox.poll_recv(cx) {
+            Poll::Ready(Some(Item::Frame(out))) => return Poll::Ready(Some(out.into_wire())),
+            Poll::Ready(Some(Item::Subscribed(reply, cursor))) => {
+                self.cursors.push(cursor);
+                return Poll::Ready(Some(reply.into_wire()));
+            }
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+        let n = self.cursors.len();
+        let mut ended = false;
+        let mut next = None;
+        for k in 0..n {
+            let i = (self.turn + k) % n;
+            match self.cursors[i].poll_frame(cx) {
+                Poll::Ready(Some(out)) => {
+                    self.turn = i + 1;
+                    next = Some(out.into_wire());
+                    break;
+                }
+                Poll::Ready(None) => ended = true,
+                Poll::Pending => {}
+            }
+        }
+        if ended {
+            self.cursors.retain(|c| !c.is_ended());
+        }
+        match next {
+            Some(bytes) => Poll::Ready(Some(bytes)),
+            None => Poll::Pending,
         }
     }
 
@@ -105,6 +154,7 @@ impl OutboxBody {
         };
         self.last = Some(close);
         self.closing = true;
+        self.cursors.clear();
     }
 }
 
@@ -135,8 +185,8 @@ impl MessageBody for OutboxBody {
                     None => return Poll::Ready(None),
                 }
             } else {
-                match this.outbox.poll_recv(cx) {
-                    Poll::Ready(Some(out)) => this.rest = out.into_wire(),
+                match this.poll_frame(cx) {
+                    Poll::Ready(Some(bytes)) => this.rest = bytes,
                     Poll::Ready(None) => {
                         this.start_close(None);
                         this.rest = this.last.take().unwrap_or_default();
