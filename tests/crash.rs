@@ -205,6 +205,16 @@ async fn kill_9_loses_no_acknowledged_publish() {
             (1..=head).collect::<Vec<_>>(),
             "{channel}: history has no holes"
         );
+        // Nothing applied twice: a kill between apply and acknowledgement must not make the restarted
+        // node apply an entry again (the applied log position is stored in the same transaction).
+        let mut ids = std::collections::HashSet::new();
+        for m in &msgs {
+            assert!(
+                ids.insert(m["id"].as_str().unwrap().to_string()),
+                "{channel}: message {} applied twice: {m}",
+                m["id"]
+            );
+        }
         // Every acknowledged publish is there, at its offset, with its id and data.
         let max_acked = acks.iter().map(|a| a.offset).max().unwrap();
         eprintln!("{channel}: head {head} after restart, {} acknowledged, last acknowledged offset {max_acked}", acks.len());
