@@ -6,6 +6,7 @@
 //! too. See `docs/architecture.md` for how the modules fit together.
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod channel;
 pub mod cluster;
@@ -16,3 +17,4 @@ pub mod node;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod stats;

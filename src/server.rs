@@ -151,8 +151,8 @@ async fn run_inner(
 ) -> Result<(), ServerError> {
     admin::log_token_status(&config);
     let node = build_node_with(config, make_log)?;
-    crate::channel::start_applier(node.clone(), &node.channels.applier_arbiter());
-    crate::channel::start_sweeper(node.clone());
+    crate::channel::start_applier(node.hub.clone(), &node.channels.applier_arbiter());
+    crate::channel::start_sweeper(node.hub.clone());
     let workers = threads(node.config.server.workers);
     let data = web::Data::new(node.clone());
     let user_timeout = Duration::from_millis(node.config.session.heartbeat_timeout_ms);

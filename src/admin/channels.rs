@@ -346,7 +346,7 @@ pub(crate) async fn history(
         limit,
         max_bytes: node.config.history.max_page_bytes,
     };
-    let page = history_page(&node, &name, q)
+    let page = history_page(&node.hub, &name, q)
         .await
         .map_err(|e| ApiError::from_channel(&e))?;
     let mut messages = Vec::with_capacity(page.messages.len());
@@ -417,7 +417,7 @@ pub(crate) async fn reset_history(
     known(&node, &name).await?;
     let addr = node
         .channels
-        .get_or_start(&node, &name)
+        .get_or_start(&node.hub, &name)
         .map_err(|e| ApiError::from_channel(&e))?;
     let epoch = addr
         .send(ResetHistory)

@@ -11,10 +11,10 @@ use actix_web::HttpResponse;
 
 use super::auth::{self, Failure};
 use super::NodeData;
+use crate::admission::RefusedBy;
 use crate::auth::AuthError;
 use crate::metrics::HistogramSnapshot;
 use crate::node::{Node, Stats};
-use crate::session::admission::RefusedBy;
 
 /// Content type of the Prometheus text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

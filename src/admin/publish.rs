@@ -107,7 +107,7 @@ pub(crate) async fn publish(
         publisher: crate::channel::ADMIN_PUBLISHER.to_string(),
         key,
     };
-    let p = crate::channel::publish(&node, msg)
+    let p = crate::channel::publish(&node.hub, msg)
         .await
         .map_err(|e| ApiError::from_channel(&e))?;
     Ok(HttpResponse::Ok().json(PublishResponse {

@@ -17,11 +17,12 @@ use actix::prelude::*;
 use super::applier::{Delivered, ResetApplied};
 use super::cursor::{Cursor, CursorShared};
 use super::feed::{Feed, WindowItem};
+use super::Hub;
 use super::{ChannelError, Evict, Outbox, Subscribe, Unsubscribe};
 use crate::config::NamespaceOptions;
 use crate::history::{HistoryError, Retention, StoredMessage};
-use crate::node::{Node, Stats};
 use crate::protocol::{self, encode, results, CloseCode, Outgoing, PresenceBody, ServerFrame};
+use crate::stats::Stats;
 
 pub(super) struct Subscriber {
     pub(super) user: Option<Arc<str>>,
@@ -36,7 +37,7 @@ pub(super) struct Subscriber {
 /// The actor of one channel. See the module docs of [`crate::channel`].
 pub struct ChannelActor {
     pub(super) name: Arc<str>,
-    pub(super) node: Arc<Node>,
+    pub(super) node: Arc<Hub>,
     pub(super) ns: NamespaceOptions,
     pub(super) epoch: Arc<str>,
     /// Offset of the last message applied and delivered.
@@ -57,7 +58,7 @@ pub struct ChannelActor {
 
 impl ChannelActor {
     /// Loads the channel's state from the store.
-    pub fn load(name: Arc<str>, node: Arc<Node>) -> Result<Self, HistoryError> {
+    pub fn load(name: Arc<str>, node: Arc<Hub>) -> Result<Self, HistoryError> {
         let state = node.store.channel_state(&name)?;
         let ns = node.config.namespace(namespace_of(&name));
         let join_leave_budget = ns.join_leave.then(|| {

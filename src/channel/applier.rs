@@ -17,10 +17,11 @@ use actix::prelude::*;
 use futures_util::StreamExt;
 use tokio::sync::oneshot;
 
+use super::Hub;
 use super::{ChannelActor, ChannelError, Publish, Published};
 use crate::cluster::{Entry, EntryKind};
 use crate::history::Applied;
-use crate::node::{Node, Stats};
+use crate::stats::Stats;
 
 /// How often applied entries are made durable in the store and forgotten by the log.
 const TRIM_EVERY: Duration = Duration::from_millis(200);
@@ -55,7 +56,7 @@ impl Applier {
 /// Proposes `entry` now (so proposals of one session keep their order in the log) and returns a future
 /// that resolves once this node has applied it.
 fn propose(
-    node: &Arc<Node>,
+    node: &Arc<Hub>,
     entry: Entry,
 ) -> impl std::future::Future<Output = Result<Applied, ChannelError>> {
     let (tx, rx) = oneshot::channel();
@@ -77,7 +78,7 @@ fn propose(
 /// Publishes through the log. The entry takes its place in the log when this is called; the future
 /// resolves once the message is applied (durable, with its offset).
 pub fn publish(
-    node: &Arc<Node>,
+    node: &Arc<Hub>,
     p: Publish,
 ) -> impl std::future::Future<Output = Result<Published, ChannelError>> {
     let entry = Entry {
@@ -105,7 +106,7 @@ pub fn publish(
 }
 
 /// Resets a channel's history through the log; resolves with the new epoch.
-pub(super) async fn reset(node: &Arc<Node>, channel: String) -> Result<String, ChannelError> {
+pub(super) async fn reset(node: &Arc<Hub>, channel: String) -> Result<String, ChannelError> {
     let entry = Entry {
         id: ulid::Ulid::new().to_string(),
         ts: crate::protocol::now_ms(),
@@ -143,11 +144,11 @@ pub(super) struct ResetApplied {
 }
 
 /// Starts the applier on `arbiter` (a thread of its own: applying is blocking store work).
-pub fn start_applier(node: Arc<Node>, arbiter: &actix_rt::ArbiterHandle) {
+pub fn start_applier(node: Arc<Hub>, arbiter: &actix_rt::ArbiterHandle) {
     arbiter.spawn(run(node));
 }
 
-async fn run(node: Arc<Node>) {
+async fn run(node: Arc<Hub>) {
     let window = node.config.history.idempotency_window_ms;
     let mut applied = match node.store.applied_position() {
         Ok(p) => p,
@@ -198,7 +199,7 @@ async fn run(node: Arc<Node>) {
 
 /// Applies one entry, tells its channel and its proposer. `false` when the store stopped accepting
 /// writes: nothing more can be applied.
-fn apply_one(node: &Node, position: u64, entry: Entry, window: u64) -> bool {
+fn apply_one(node: &Hub, position: u64, entry: Entry, window: u64) -> bool {
     let outcome = match node.store.apply(position, &entry, window) {
         Ok(o) => o,
         Err(e) => {
@@ -221,7 +222,7 @@ fn apply_one(node: &Node, position: u64, entry: Entry, window: u64) -> bool {
     true
 }
 
-fn trim_inactive(node: &Node, channel: &str) {
+fn trim_inactive(node: &Hub, channel: &str) {
     let retention =
         super::actor::retention_of(&node.config.namespace(super::namespace_of(channel)));
     let now = crate::protocol::now_ms();

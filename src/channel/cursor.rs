@@ -21,9 +21,10 @@ use futures_util::task::AtomicWaker;
 
 use super::feed::{message_frame, Feed, Next};
 use super::Evict;
+use super::Hub;
 use crate::history::StoredMessage;
-use crate::node::{Node, Stats};
 use crate::protocol::{CloseCode, Encoding, Outgoing};
+use crate::stats::Stats;
 
 /// Frames counted locally before they are added to the node's `messages_out`.
 const COUNT_EVERY: u64 = 64;
@@ -77,14 +78,14 @@ pub struct Cursor {
     disk_epoch: Arc<str>,
     /// The session, asked to close when the cursor cannot continue.
     evict: Recipient<Evict>,
-    node: Arc<Node>,
+    node: Arc<Hub>,
     /// Frames handed out, not yet added to the node's `messages_out`.
     sent: u64,
 }
 
 impl Cursor {
     pub fn new(
-        node: Arc<Node>,
+        node: Arc<Hub>,
         feed: Arc<Feed>,
         shared: Arc<CursorShared>,
         encoding: Encoding,

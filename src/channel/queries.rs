@@ -12,19 +12,19 @@ use std::time::Instant;
 use actix::prelude::*;
 
 use super::actor::{namespace_of, ChannelActor};
+use super::Hub;
 use super::{
     ChannelError, ChannelInfo, History, HistoryPage, Inspect, Presence, ResetHistory,
     SubscriberInfo,
 };
 use crate::history::{HistoryError, Store};
-use crate::node::Node;
 
 /// How often a read retries when actors start and stop under it (each miss means one just changed).
 const READ_ATTEMPTS: usize = 3;
 
 /// A page of `name`'s history, without starting an actor for it.
 pub async fn history_page(
-    node: &Arc<Node>,
+    node: &Arc<Hub>,
     name: &str,
     q: History,
 ) -> Result<HistoryPage, ChannelError> {
@@ -82,7 +82,7 @@ fn stored_page(store: &Store, name: &str, q: History) -> Result<HistoryPage, Cha
 
 /// The sessions subscribed to `name` (session, user); empty when no actor runs for it.
 pub async fn presence_members(
-    node: &Arc<Node>,
+    node: &Arc<Hub>,
     name: &str,
 ) -> Result<Vec<(String, Option<String>)>, ChannelError> {
     for _ in 0..READ_ATTEMPTS {

@@ -10,7 +10,7 @@ use actix_rt::{Arbiter, ArbiterHandle};
 
 use super::ChannelActor;
 use super::ChannelError;
-use crate::node::Node;
+use super::Hub;
 
 /// Maps channel names to their actors and starts actors on demand, spread over arbiter threads by a hash
 /// of the name.
@@ -44,7 +44,7 @@ impl Registry {
     /// The actor of `name`, started if needed.
     pub fn get_or_start(
         &self,
-        node: &Arc<Node>,
+        node: &Arc<Hub>,
         name: &str,
     ) -> Result<Addr<ChannelActor>, ChannelError> {
         let mut actors = self.lock();

@@ -9,14 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::actor::{namespace_of, retention_of};
-use crate::node::{Node, Stats};
+use super::Hub;
+use crate::stats::Stats;
 use crate::protocol::now_ms;
 
 /// Channels examined per registry page.
 const PAGE: usize = 512;
 
 /// Starts the periodic sweep on the current arbiter.
-pub fn start_sweeper(node: Arc<Node>) {
+pub fn start_sweeper(node: Arc<Hub>) {
     let every = Duration::from_millis(node.config.history.sweep_interval_ms.max(100));
     actix_rt::spawn(async move {
         let mut tick = actix_rt::time::interval(every);
@@ -35,7 +36,7 @@ pub fn start_sweeper(node: Arc<Node>) {
     });
 }
 
-fn sweep(node: &Node) -> Result<(), crate::history::HistoryError> {
+fn sweep(node: &Hub) -> Result<(), crate::history::HistoryError> {
     let now = now_ms();
     node.store.sweep_idempotency(now)?;
     let mut after: Option<String> = None;

@@ -165,7 +165,7 @@ impl Session {
         if let Some(addr) = self.subscriptions.get(channel) {
             return Some(addr.clone());
         }
-        match self.node.channels.get_or_start(&self.node, channel) {
+        match self.node.channels.get_or_start(&self.node.hub, channel) {
             Ok(addr) => Some(addr),
             Err(e) => {
                 self.fail(channel_error(id, &e), ctx);
@@ -281,7 +281,7 @@ impl Session {
             key,
         };
         let slot = self.gate.enter();
-        publish(&self.node, msg)
+        publish(&self.node.hub, msg)
             .into_actor(self)
             .map(move |res, act, ctx| {
                 drop(slot);
@@ -307,7 +307,7 @@ impl Session {
         let node = self.node.clone();
         let slot = self.gate.enter();
         async move {
-            presence_members(&node, &channel)
+            presence_members(&node.hub, &channel)
                 .await
                 .map(|m| (channel, m))
         }
@@ -349,16 +349,20 @@ impl Session {
         };
         let node = self.node.clone();
         let slot = self.gate.enter();
-        async move { history_page(&node, &channel, q).await.map(|p| (channel, p)) }
-            .into_actor(self)
-            .map(move |res, act, ctx| {
-                drop(slot);
-                match res {
-                    Ok((channel, page)) => act.reply_history(&id, &channel, &page, ctx),
-                    Err(e) => act.fail(channel_error(&id, &e), ctx),
-                }
-            })
-            .spawn(ctx);
+        async move {
+            history_page(&node.hub, &channel, q)
+                .await
+                .map(|p| (channel, p))
+        }
+        .into_actor(self)
+        .map(move |res, act, ctx| {
+            drop(slot);
+            match res {
+                Ok((channel, page)) => act.reply_history(&id, &channel, &page, ctx),
+                Err(e) => act.fail(channel_error(&id, &e), ctx),
+            }
+        })
+        .spawn(ctx);
     }
 
     /// Encodes a history page straight from its stored bytes into one frame.

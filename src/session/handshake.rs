@@ -9,8 +9,8 @@ use actix::{Actor, AsyncContext};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::admission::{Refusal, RefusedBy};
 use super::{writer, Session};
+use crate::admission::{Refusal, RefusedBy};
 use crate::auth::{AuthError, Claims};
 use crate::node::Node;
 use crate::protocol::{Encoding, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
@@ -84,7 +84,7 @@ fn authenticate(req: &HttpRequest, node: &Node) -> Result<Option<Claims>, AuthEr
 }
 
 /// Counts a refused handshake under its reason and logs it at info: at most one line per reason per
-/// second ([`crate::session::admission::RefusalLog`]), with how many were not logged since the last one.
+/// second ([`crate::admission::RefusalLog`]), with how many were not logged since the last one.
 /// Origin refusals name the refused origin, so a developer sees which entry `server.allowed_origins`
 /// lacks.
 fn refused(node: &Node, req: &HttpRequest, by: RefusedBy, why: &dyn std::fmt::Display) {

@@ -10,7 +10,6 @@
 //! closes connections that stop answering, and on the way out removes itself from every channel it
 //! joined.
 
-pub mod admission;
 mod commands;
 pub mod echo;
 pub mod handshake;
@@ -28,6 +27,7 @@ use actix_ws::{AggregatedMessage, ProtocolError};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::oneshot;
 
+use crate::admission::Ticket;
 use crate::auth::Claims;
 use crate::channel::{ChannelActor, Evict, Outbox, OutboxReceiver, Unsubscribe};
 use crate::node::{Node, SessionEntry, Stats};
@@ -35,7 +35,6 @@ use crate::protocol::{
     encode, CloseCode, DisconnectBody, Encoding, ErrorBody, ErrorCode, FrameError, Outgoing,
     RequestId, ServerFrame, WelcomeBody,
 };
-use admission::Ticket;
 use writer::CloseRequest;
 
 /// The actor of one connection.
