@@ -75,8 +75,8 @@ pub struct SessionConfig {
     /// Commands of one session being processed at once (publish, history, presence, subscribe,
     /// unsubscribe); at the cap the session stops reading its socket until one finishes.
     pub max_inflight: usize,
-    /// A subscriber whose oldest message not yet sent is older than this is cut with 4001 (it resumes
-    /// with `since`). Subscribers behind by less catch up from the channel's window or history.
+    /// A subscriber behind for longer than this (its oldest message not yet sent is older, counted from
+    /// its subscribe at most) is cut with 4001 (it resumes with `since`). Subscribers behind by less catch up from the channel's window or history.
     pub max_lag_ms: u64,
 }
 

@@ -39,7 +39,8 @@ pub struct Stats {
     pub rate_limit_closes: AtomicU64,
     /// Subscribers behind their channel's head at their channel's last lag check.
     pub catching_up: AtomicI64,
-    /// Age of the oldest message a subscriber has not been sent yet (0 when caught up), sampled per
+    /// How long a subscriber has been behind: age of the oldest message it has not been sent yet, counted
+    /// from its subscribe at most (0 when caught up), sampled per
     /// subscriber at every lag check of its channel.
     pub subscriber_lag: Histogram,
 }

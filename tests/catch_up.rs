@@ -345,6 +345,17 @@ async fn a_subscriber_that_stalls_5s_during_a_10000_burst_gets_everything() {
     if slow != 0 {
         failures.push(format!("{slow} slow-consumer disconnect(s) counted"));
     }
+    // The median within 10% (2 ms of slack for a debug build on a shared machine), the tail with more
+    // slack: both runs share the machine with whatever else runs.
+    let allowed_p50 = (base_p50 * 110 / 100).max(base_p50 + 2_000);
+    if p50 > allowed_p50 {
+        failures.push(format!(
+            "normal subscriber p50 {:.2} ms with the stalled one, over {:.2} ms (baseline {:.2} ms)",
+            p50 as f64 / 1000.0,
+            allowed_p50 as f64 / 1000.0,
+            base_p50 as f64 / 1000.0
+        ));
+    }
     let allowed = (base_p99 * 110 / 100).max(base_p99 + 20_000);
     if p99 > allowed {
         failures.push(format!(
@@ -677,7 +688,13 @@ async fn unsubscribe_then_resubscribe_since_in_a_loop_during_catch_up() {
         assert_eq!(reply["id"], id, "round {round}: {reply}");
         assert_eq!(reply["result"]["recovered"], true, "round {round}: {reply}");
         let take = 100 + rand() % 400;
+        // A catch-up runs as fast as the socket drains, so the messages sent before the `unsubscribe`
+        // reply (drained below) can bring the loop to the head: a round then reads what there is.
+        let head = reply["result"]["offset"].as_u64().expect("offset");
         for _ in 0..take {
+            if last_off >= head {
+                break;
+            }
             let f = c.next_frame().await;
             in_order(&f, &mut last_off, &mut last_i, &format!("round {round}"));
         }

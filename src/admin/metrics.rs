@@ -154,7 +154,7 @@ pub fn render(node: &Node) -> String {
     );
     o.histogram(
         "herald_subscriber_lag_seconds",
-        "Age of the oldest message a subscriber has not been sent yet (0 when caught up), sampled per subscriber every lag check.",
+        "How long a subscriber has been behind: age of its oldest unsent message, counted from its subscribe at most (0 when caught up), sampled per subscriber every lag check.",
         &s.subscriber_lag.snapshot(),
     );
     o.histogram(

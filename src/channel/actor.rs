@@ -193,8 +193,10 @@ impl ChannelActor {
         for (id, sub) in &self.subscribers {
             let pos = sub.cursor.pos();
             lowest = lowest.min(pos);
+            // Behind since the oldest message it has not been sent, or since it subscribed when that
+            // message is older (a resume with a backlog is not late for what it missed while away).
             let lag_ms = match self.feed.ts_after(pos) {
-                Ok(ts) => ts.map_or(0, |ts| now.saturating_sub(ts)),
+                Ok(ts) => ts.map_or(0, |ts| now.saturating_sub(ts.max(sub.since_ms))),
                 Err(e) => {
                     tracing::warn!(channel = %self.name, error = %e, "lag check failed");
                     0

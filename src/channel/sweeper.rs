@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::actor::{namespace_of, retention_of};
 use super::Hub;
-use crate::stats::Stats;
 use crate::protocol::now_ms;
+use crate::stats::Stats;
 
 /// Channels examined per registry page.
 const PAGE: usize = 512;
