@@ -78,6 +78,9 @@ pub struct SessionConfig {
     /// A subscriber behind for longer than this (its oldest message not yet sent is older, counted from
     /// its subscribe at most) is cut with 4001 (it resumes with `since`). Subscribers behind by less catch up from the channel's window or history.
     pub max_lag_ms: u64,
+    /// How long a `subscribe` with `since` ahead of what this node has applied (in the channel's epoch)
+    /// waits for the node to apply it before it is answered `recovered: false`.
+    pub resume_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -279,6 +282,7 @@ impl Default for SessionConfig {
             outbox_bytes: 1 << 20,
             max_inflight: 32,
             max_lag_ms: 30_000,
+            resume_wait_ms: 2_000,
         }
     }
 }
@@ -492,7 +496,7 @@ impl Config {
             );
         }
         // Ranges that would otherwise overflow a timer or an allocation, or hang the node.
-        let ranges: [(&str, u64, u64, u64); 15] = [
+        let ranges: [(&str, u64, u64, u64); 16] = [
             (
                 "server.shutdown_grace_ms",
                 self.server.shutdown_grace_ms,
@@ -513,6 +517,12 @@ impl Config {
                 self.channel.window_bytes as u64,
                 1024,
                 1 << 30,
+            ),
+            (
+                "session.resume_wait_ms",
+                self.session.resume_wait_ms,
+                0,
+                60_000,
             ),
             (
                 "session.max_lag_ms",

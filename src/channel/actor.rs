@@ -371,6 +371,9 @@ impl Handler<Subscribe> for ChannelActor {
                     .as_ref()
                     .map_or(self.durable, |s| s.head.max(self.durable));
                 let oldest = stored.and_then(|s| s.oldest);
+                if msg.may_wait && *pos.epoch == *self.epoch && pos.offset > head {
+                    return Err(ChannelError::NotAppliedYet);
+                }
                 let complete = pos.offset == head || oldest.is_some_and(|o| o <= pos.offset + 1);
                 if *pos.epoch == *self.epoch && pos.offset <= head && complete {
                     let replayed = self

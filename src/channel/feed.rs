@@ -17,7 +17,7 @@ use crate::history::{HistoryError, Store, StoredMessage};
 use crate::protocol::{encode, Encoding, MessageBody, Outgoing, ServerFrame};
 
 /// Stored messages read per chunk for a cursor behind the window.
-const DISK_CHUNK: usize = 64;
+const DISK_CHUNK: usize = 128;
 /// Bytes of data read per chunk (the first message is always read, whatever its size).
 const DISK_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -28,6 +28,15 @@ pub enum FrameError {
     Corrupt(u64, String),
     #[error("message encoding failed: {0}")]
     Encode(#[from] crate::protocol::EncodeError),
+}
+
+/// Why history could not be read for a cursor.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("history read failed: {0}")]
+    Store(#[from] HistoryError),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
 }
 
 /// Builds the `message` frame of a stored message.
@@ -231,25 +240,30 @@ impl Feed {
             .map(|m| m.ts_ms))
     }
 
-    /// The stored messages after `pos` up to `head`, in a bounded chunk. `None` when the store's history
-    /// is no longer the one of `epoch` (a reset is on its way to this feed).
+    /// The frames of the stored messages after `pos` up to `head`, in a bounded chunk, with their
+    /// offsets. `None` when the store's history is no longer the one of `epoch` (a reset is on its way
+    /// to this feed). Blocking store work: cursors run it off the connection's thread.
     pub fn read_disk(
         &self,
         pos: u64,
         head: u64,
         epoch: &str,
-    ) -> Result<Option<Vec<StoredMessage>>, HistoryError> {
+        encoding: Encoding,
+    ) -> Result<Option<Vec<(u64, Outgoing)>>, DiskError> {
         let mut chunk =
             self.store
                 .range_bounded(&self.channel, pos, DISK_CHUNK, DISK_CHUNK_BYTES)?;
         chunk.retain(|m| m.offset <= head);
         // Read after the messages: a reset applied meanwhile shows here, so no message of a new epoch is
         // sent under the old one.
-        let current = self.store.peek_state(&self.channel)?;
-        if current.is_none_or(|c| *c.epoch != *epoch) {
+        if self.store.epoch_of(&self.channel)?.as_deref() != Some(epoch) {
             return Ok(None);
         }
-        Ok(Some(chunk))
+        let frames = chunk
+            .iter()
+            .map(|m| Ok((m.offset, message_frame(&self.channel, epoch, encoding, m)?)))
+            .collect::<Result<Vec<_>, FrameError>>()?;
+        Ok(Some(frames))
     }
 
     /// Messages and bytes in the window now.

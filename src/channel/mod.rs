@@ -64,6 +64,10 @@ pub enum ChannelError {
     /// The publisher reused an idempotency key with different data.
     #[error("this idempotency key was already used with different data")]
     Conflict,
+    /// `since` is ahead of what this node has applied (it may still be applying the log, e.g. after a
+    /// restart); the session asks again shortly, within `session.resume_wait_ms`.
+    #[error("this node has not applied the log up to the position to resume from yet")]
+    NotAppliedYet,
 }
 
 impl ChannelError {
@@ -89,6 +93,9 @@ pub struct Subscribe {
     pub evict: Recipient<Evict>,
     pub request: RequestId,
     pub since: Option<Position>,
+    /// Answer [`ChannelError::NotAppliedYet`] rather than `recovered: false` when `since` is in the
+    /// channel's epoch but ahead of what this node has applied.
+    pub may_wait: bool,
 }
 
 /// Removes a session from the channel. `announce` is false when the session is gone anyway.

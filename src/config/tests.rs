@@ -21,7 +21,7 @@ fn shipped_default_toml_matches_builtin_defaults() {
 #[test]
 fn values_that_overflow_or_hang_are_refused_with_their_key() {
     type Breaker = fn(&mut Config);
-    let cases: [(&str, Breaker); 9] = [
+    let cases: [(&str, Breaker); 10] = [
         ("server.shutdown_grace_ms", |c| {
             c.server.shutdown_grace_ms = u64::MAX
         }),
@@ -32,6 +32,9 @@ fn values_that_overflow_or_hang_are_refused_with_their_key() {
         ("auth.leeway_secs", |c| c.auth.leeway_secs = u64::MAX),
         ("channel.window", |c| c.channel.window = 0),
         ("session.max_lag_ms", |c| c.session.max_lag_ms = 0),
+        ("session.resume_wait_ms", |c| {
+            c.session.resume_wait_ms = 60_001
+        }),
         ("limits.max_channels", |c| c.limits.max_channels = 0),
         ("limits.max_publish_bytes", |c| {
             c.limits.max_publish_bytes = c.limits.max_frame_bytes + 1

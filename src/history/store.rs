@@ -271,6 +271,12 @@ impl Store {
         }
     }
 
+    /// The channel's current epoch, if it has one (its meta only: no scan).
+    pub fn epoch_of(&self, channel: &str) -> Result<Option<String>, HistoryError> {
+        keys::check_channel(channel)?;
+        Ok(self.get_meta(channel)?.map(|m| m.epoch))
+    }
+
     /// Oldest retained offset of a channel (first key of its range: one seek, no scan).
     fn oldest(&self, channel: &str) -> Result<Option<u64>, HistoryError> {
         let prefix = keys::channel_prefix(channel);

@@ -1,7 +1,10 @@
 //! What a session does with each validated command: local checks first, then the channel actor.
 
+use std::time::{Duration, Instant};
+
 use actix::prelude::*;
 
+use super::inflight::Slot;
 use super::Session;
 use crate::channel::{
     history_page, presence_members, publish, publisher_of, ChannelError, History, HistoryPage,
@@ -15,6 +18,19 @@ use crate::protocol::{
 
 /// Retry advice sent with `unavailable`.
 const RETRY_UNAVAILABLE_MS: u64 = 500;
+/// Pause between subscribe attempts while `since` is ahead of what this node has applied.
+const RESUME_RETRY: Duration = Duration::from_millis(20);
+
+/// A subscribe in progress (it may be sent again while the node applies up to `since`).
+struct SubscribeAttempt {
+    /// Tells this attempt from a later subscribe to the same channel.
+    number: u64,
+    id: RequestId,
+    channel: String,
+    since: Option<crate::protocol::Position>,
+    addr: Addr<crate::channel::ChannelActor>,
+    wait_until: Instant,
+}
 
 fn channel_error(id: &RequestId, e: &ChannelError) -> (FrameError, Option<u64>) {
     let (code, retry) = match e {
@@ -200,32 +216,70 @@ impl Session {
         };
         // Recorded before the answer so a disconnect meanwhile still unsubscribes.
         self.subscriptions.insert(channel.clone(), addr.clone());
+        self.next_attempt += 1;
+        self.attempts.insert(channel.clone(), self.next_attempt);
+        let attempt = SubscribeAttempt {
+            number: self.next_attempt,
+            id,
+            channel,
+            since,
+            addr,
+            wait_until: Instant::now()
+                + Duration::from_millis(self.node.config.session.resume_wait_ms),
+        };
         let slot = self.gate.enter();
+        self.send_subscribe(attempt, slot, ctx);
+    }
+
+    /// Sends one subscribe attempt. While `since` is ahead of what the node has applied and the wait is
+    /// not over, the channel answers `NotAppliedYet` and the attempt is sent again shortly, holding its
+    /// in-flight slot; an `unsubscribe` meanwhile ends it.
+    fn send_subscribe(&mut self, a: SubscribeAttempt, slot: Slot, ctx: &mut Context<Self>) {
         let msg = Subscribe {
             session: self.id.clone(),
             user: self.user.clone(),
             encoding: self.encoding,
             outbox: self.outbox.clone(),
             evict: ctx.address().recipient(),
-            request: id.clone(),
-            since,
+            request: a.id.clone(),
+            since: a.since.clone(),
+            may_wait: Instant::now() < a.wait_until,
         };
-        addr.send(msg)
+        a.addr
+            .send(msg)
             .into_actor(self)
             .map(move |res, act, ctx| {
-                drop(slot);
+                let current = act.attempts.get(&a.channel) == Some(&a.number);
                 let err = match res {
-                    Ok(Ok(())) => return,
-                    Ok(Err(e)) => channel_error(&id, &e),
-                    Err(_) => mailbox_error(&id),
+                    Ok(Err(ChannelError::NotAppliedYet)) if current => {
+                        ctx.run_later(RESUME_RETRY, move |act, ctx| {
+                            if act.attempts.get(&a.channel) == Some(&a.number) {
+                                act.send_subscribe(a, slot, ctx);
+                            }
+                        });
+                        return;
+                    }
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(channel_error(&a.id, &e)),
+                    Err(_) => Some(mailbox_error(&a.id)),
                 };
-                act.subscriptions.remove(&channel);
-                act.fail(err, ctx);
+                drop(slot);
+                if current {
+                    act.attempts.remove(&a.channel);
+                }
+                if let Some(err) = err {
+                    if current {
+                        act.subscriptions.remove(&a.channel);
+                    }
+                    act.fail(err, ctx);
+                }
             })
             .spawn(ctx);
     }
 
     fn unsubscribe(&mut self, id: RequestId, channel: String, ctx: &mut Context<Self>) {
+        // A subscribe still waiting to resume ends here too.
+        self.attempts.remove(&channel);
         let Some(addr) = self.subscriptions.remove(&channel) else {
             let err = FrameError::new(Some(id), ErrorCode::NotSubscribed, "not subscribed");
             return self.fail((err, None), ctx);

@@ -53,6 +53,9 @@ pub struct Session {
     outbox: Outbox,
     closer: Option<oneshot::Sender<CloseRequest>>,
     subscriptions: HashMap<String, Addr<ChannelActor>>,
+    /// Subscribes in progress by channel, with their attempt number (see `commands::SubscribeAttempt`).
+    attempts: HashMap<String, u64>,
+    next_attempt: u64,
     limiter: DefaultDirectRateLimiter,
     /// Frames refused by the rate limit in a row.
     rate_limited: u32,
@@ -101,6 +104,8 @@ impl Session {
             outbox: tx,
             closer: Some(close_tx),
             subscriptions: HashMap::new(),
+            attempts: HashMap::new(),
+            next_attempt: 0,
             limiter: RateLimiter::direct_with_clock(
                 Quota::per_second(rate).allow_burst(burst),
                 node.clock.clone(),
