@@ -8,8 +8,8 @@
 //!
 //! History is read off the connection's thread: a cursor behind the window asks a blocking-pool thread for
 //! the next chunk (read and encoded there) and reads the following chunk ahead while the socket drains the
-//! current one, so a long catch-up runs as a pipeline over two threads. At most two chunks (each at most
-//! 128 messages / 64 KiB of data, plus their frames) are held per subscription.
+//! current one, so a long catch-up runs as a pipeline over two threads. At most one and a half chunks
+//! (a chunk is at most 512 messages / 128 KiB of data, plus their frames) are held per subscription.
 //!
 //! The channel actor keeps the other end, [`CursorShared`]: it reads the position (for the lag check and
 //! the retention floor), wakes the writer when a message arrives, and cancels the cursor when the
@@ -35,8 +35,6 @@ use crate::stats::Stats;
 
 /// Frames counted locally before they are added to the node's `messages_out`.
 const COUNT_EVERY: u64 = 64;
-/// The next chunk of history is read once fewer frames than this are left of the current one.
-const READ_AHEAD_BELOW: usize = 64;
 
 /// The part of a cursor its channel sees.
 #[derive(Debug, Default)]
@@ -90,6 +88,8 @@ pub struct Cursor {
     disk: Option<(Arc<str>, u64, u64)>,
     /// Whether the last chunk read was cut by its bounds (more may follow it).
     more_on_disk: bool,
+    /// Frames in the last chunk read.
+    chunk_len: usize,
     /// The session, asked to close when the cursor cannot continue.
     evict: Recipient<Evict>,
     node: Arc<Hub>,
@@ -116,6 +116,7 @@ impl Cursor {
             reading: None,
             disk: None,
             more_on_disk: false,
+            chunk_len: 0,
             evict,
             sent: 0,
         }
@@ -168,7 +169,9 @@ impl Cursor {
 
     /// Reads the next chunk ahead while the current one drains.
     fn read_ahead(&mut self) {
-        if self.reading.is_some() || !self.more_on_disk || self.ready.len() > READ_AHEAD_BELOW {
+        // The next chunk is read once half of the current one is sent: few hand-overs between threads
+        // (each costs a wake-up on both sides), and the socket never waits for the disk.
+        if self.reading.is_some() || !self.more_on_disk || self.ready.len() > self.chunk_len / 2 {
             return;
         }
         if let Some((epoch, head, last)) = self.disk.clone() {
@@ -194,6 +197,7 @@ impl Cursor {
                     ));
                 }
                 self.more_on_disk = !frames.is_empty();
+                self.chunk_len = frames.len();
                 if let (Some(d), Some((last, _))) = (self.disk.as_mut(), frames.last()) {
                     d.2 = *last;
                 }

@@ -17,9 +17,9 @@ use crate::history::{HistoryError, Store, StoredMessage};
 use crate::protocol::{encode, Encoding, MessageBody, Outgoing, ServerFrame};
 
 /// Stored messages read per chunk for a cursor behind the window.
-const DISK_CHUNK: usize = 128;
+const DISK_CHUNK: usize = 512;
 /// Bytes of data read per chunk (the first message is always read, whatever its size).
-const DISK_CHUNK_BYTES: usize = 64 * 1024;
+const DISK_CHUNK_BYTES: usize = 128 * 1024;
 
 /// A message that cannot be turned into a frame.
 #[derive(Debug, thiserror::Error)]

@@ -67,7 +67,6 @@ impl Store {
             .map(|k| keys::idem_key(channel, &keys::scoped_idem_key(&entry.publisher, k)));
         let digest = keys::data_digest(data);
         let expires_at_ms = entry.ts.saturating_add(window_ms);
-        let mval = keys::encode_message(&entry.id, entry.ts, entry.from.as_deref(), data);
         let pos = keys::encode_u64(position);
         let i = &self.inner;
         let out = (&i.messages, &i.meta, &i.idem, &i.idem_exp, &i.cursors).transaction(
@@ -86,10 +85,7 @@ impl Store {
                         Err(e) => return abort(e),
                     },
                     // A channel's first entry names its epoch: the same on every node.
-                    None => Meta {
-                        epoch: entry.id.clone(),
-                        head: 0,
-                    },
+                    None => Meta::fresh(entry.id.clone()),
                 };
                 if let Some(ikey) = &ikey {
                     if let Some(v) = ti.get(ikey)? {
@@ -114,14 +110,14 @@ impl Store {
                     channel,
                     id: &entry.id,
                     offset,
-                    value: &mval,
+                    ts_ms: entry.ts,
+                    from: entry.from.as_deref(),
+                    data,
                     idem: ikey.as_deref().map(|k| (k, expires_at_ms, digest)),
                 };
-                put_message((tm, tmeta, ti, tx), meta.epoch.clone(), &written)?;
-                Ok(Applied::Message {
-                    epoch: meta.epoch,
-                    offset,
-                })
+                let epoch = meta.epoch.clone();
+                put_message((tm, tmeta, ti, tx), meta, &written)?;
+                Ok(Applied::Message { epoch, offset })
             },
         )?;
         Ok(out)

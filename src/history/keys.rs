@@ -129,11 +129,6 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8], what: &'a str) -> Result<Self, HistoryError> {
-        let (r, _) = Self::versioned(buf, what, V1)?;
-        Ok(r)
-    }
-
     /// A reader over a value whose format byte is `V1..=newest`; returns the byte too.
     fn versioned(buf: &'a [u8], what: &'a str, newest: u8) -> Result<(Self, u8), HistoryError> {
         let mut r = Reader { buf, what };
@@ -201,23 +196,41 @@ fn put_string(out: &mut Vec<u8>, s: &str) {
 pub(crate) struct Meta {
     pub epoch: String,
     pub head: u64,
+    /// Messages written in this epoch (the `seq` of the last one). `None` for an epoch begun before
+    /// messages were numbered (format V1): its messages carry no `seq` and are counted by scanning.
+    pub count: Option<u64>,
 }
 
-/// `[V1][head u64][epoch utf8 ...rest]`
+impl Meta {
+    /// The meta of an epoch that has no message yet.
+    pub fn fresh(epoch: String) -> Meta {
+        Meta {
+            epoch,
+            head: 0,
+            count: Some(0),
+        }
+    }
+}
+
+/// `[V2][head u64][count u64][epoch utf8 ...rest]`; V1 lacks the count.
 pub(crate) fn encode_meta(m: &Meta) -> Vec<u8> {
-    let mut out = Vec::with_capacity(9 + m.epoch.len());
-    out.push(V1);
+    let mut out = Vec::with_capacity(17 + m.epoch.len());
+    out.push(if m.count.is_some() { V2 } else { V1 });
     out.extend_from_slice(&m.head.to_be_bytes());
+    if let Some(c) = m.count {
+        out.extend_from_slice(&c.to_be_bytes());
+    }
     out.extend_from_slice(m.epoch.as_bytes());
     out
 }
 
 pub(crate) fn decode_meta(b: &[u8]) -> Result<Meta, HistoryError> {
-    let mut r = Reader::new(b, "channel meta")?;
+    let (mut r, v) = Reader::versioned(b, "channel meta", V2)?;
     let head = r.u64()?;
+    let count = if v == V2 { Some(r.u64()?) } else { None };
     let rest = r.rest();
     let epoch = r.utf8(rest)?;
-    Ok(Meta { epoch, head })
+    Ok(Meta { epoch, head, count })
 }
 
 /// Message value without the offset (the offset is in the key).
@@ -227,14 +240,26 @@ pub(crate) struct MessageValue {
     pub ts_ms: u64,
     pub from: Option<String>,
     pub data: Vec<u8>,
+    /// The message's number in its epoch (1, 2, 3, ... however its offsets step); `None` in format V1.
+    pub seq: Option<u64>,
 }
 
-/// `[V1][ts_ms u64][id: u32 len + utf8][from: 0 | 1 + u32 len + utf8][data ...rest]`
-pub(crate) fn encode_message(id: &str, ts_ms: u64, from: Option<&str>, data: &[u8]) -> Vec<u8> {
+/// `[V2][ts_ms u64][seq u64][id: u32 len + utf8][from: 0 | 1 + u32 len + utf8][data ...rest]`; V1 lacks
+/// the seq.
+pub(crate) fn encode_message(
+    id: &str,
+    ts_ms: u64,
+    seq: Option<u64>,
+    from: Option<&str>,
+    data: &[u8],
+) -> Vec<u8> {
     let mut out =
-        Vec::with_capacity(1 + 8 + 4 + id.len() + 5 + from.map_or(0, str::len) + data.len());
-    out.push(V1);
+        Vec::with_capacity(1 + 16 + 4 + id.len() + 5 + from.map_or(0, str::len) + data.len());
+    out.push(if seq.is_some() { V2 } else { V1 });
     out.extend_from_slice(&ts_ms.to_be_bytes());
+    if let Some(s) = seq {
+        out.extend_from_slice(&s.to_be_bytes());
+    }
     put_string(&mut out, id);
     match from {
         None => out.push(0),
@@ -248,8 +273,9 @@ pub(crate) fn encode_message(id: &str, ts_ms: u64, from: Option<&str>, data: &[u
 }
 
 pub(crate) fn decode_message(b: &[u8]) -> Result<MessageValue, HistoryError> {
-    let mut r = Reader::new(b, "message")?;
+    let (mut r, v) = Reader::versioned(b, "message", V2)?;
     let ts_ms = r.u64()?;
+    let seq = if v == V2 { Some(r.u64()?) } else { None };
     let id = r.string()?;
     let from = match r.u8()? {
         0 => None,
@@ -266,13 +292,25 @@ pub(crate) fn decode_message(b: &[u8]) -> Result<MessageValue, HistoryError> {
         ts_ms,
         from,
         data,
+        seq,
     })
 }
 
 /// Reads only the timestamp of a message value (used by age trimming).
 pub(crate) fn message_ts(b: &[u8]) -> Result<u64, HistoryError> {
-    let mut r = Reader::new(b, "message")?;
+    let (mut r, _) = Reader::versioned(b, "message", V2)?;
     r.u64()
+}
+
+/// Reads only the seq of a message value (`None` in format V1).
+pub(crate) fn message_seq(b: &[u8]) -> Result<Option<u64>, HistoryError> {
+    let (mut r, v) = Reader::versioned(b, "message", V2)?;
+    r.u64()?;
+    if v == V2 {
+        Ok(Some(r.u64()?))
+    } else {
+        Ok(None)
+    }
 }
 
 /// Idempotency entry.
@@ -330,19 +368,25 @@ mod tests {
 
     #[test]
     fn codecs_round_trip_and_reject_garbage() {
-        let m = Meta {
-            epoch: "E".into(),
-            head: 7,
-        };
-        assert_eq!(decode_meta(&encode_meta(&m)).unwrap(), m);
-        let v = encode_message("id", 5, Some("al"), b"\x81\xa1x\x01");
-        let d = decode_message(&v).unwrap();
-        assert_eq!(
-            (d.id.as_str(), d.ts_ms, d.from.as_deref()),
-            ("id", 5, Some("al"))
-        );
-        assert_eq!(d.data, b"\x81\xa1x\x01");
-        assert_eq!(message_ts(&v).unwrap(), 5);
+        for count in [Some(3), None] {
+            let m = Meta {
+                epoch: "E".into(),
+                head: 7,
+                count,
+            };
+            assert_eq!(decode_meta(&encode_meta(&m)).unwrap(), m);
+        }
+        for seq in [Some(4), None] {
+            let v = encode_message("id", 5, seq, Some("al"), b"\x81\xa1x\x01");
+            let d = decode_message(&v).unwrap();
+            assert_eq!(
+                (d.id.as_str(), d.ts_ms, d.from.as_deref(), d.seq),
+                ("id", 5, Some("al"), seq)
+            );
+            assert_eq!(d.data, b"\x81\xa1x\x01");
+            assert_eq!(message_ts(&v).unwrap(), 5);
+            assert_eq!(message_seq(&v).unwrap(), seq);
+        }
         let e = IdemEntry {
             id: "i".into(),
             epoch: "E".into(),

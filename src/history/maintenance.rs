@@ -157,10 +157,7 @@ impl Store {
                 .keys()
                 .collect::<Result<_, _>>()?;
             let leftover_idem = self.idem_entries(&prefix, usize::MAX)?;
-            let fresh = Meta {
-                epoch: epoch.clone(),
-                head: 0,
-            };
+            let fresh = Meta::fresh(epoch.clone());
             let i = &self.inner;
             let done = (&i.messages, &i.meta, &i.idem, &i.idem_exp, &i.cursors).transaction(
                 |(tm, tmeta, ti, tx, tc)| {

@@ -300,10 +300,7 @@ impl Store {
         if let Some(m) = self.get_meta(channel)? {
             return self.state_of(channel, m);
         }
-        let fresh = Meta {
-            epoch: new_epoch(),
-            head: 0,
-        };
+        let fresh = Meta::fresh(new_epoch());
         let cas = self.inner.meta.compare_and_swap(
             channel.as_bytes(),
             None::<&[u8]>,
@@ -352,7 +349,6 @@ impl Store {
                 offset: msg.offset,
             });
         }
-        let mval = keys::encode_message(&msg.id, msg.ts_ms, msg.from.as_deref(), &msg.data);
         let ikey = idem.map(|(k, exp)| (keys::idem_key(channel, k), exp));
         let digest = keys::data_digest(&msg.data);
         let epoch_if_new = new_epoch();
@@ -363,10 +359,7 @@ impl Store {
                     Ok(m) => m,
                     Err(e) => return abort(e),
                 },
-                None => Meta {
-                    epoch: epoch_if_new.clone(),
-                    head: 0,
-                },
+                None => Meta::fresh(epoch_if_new.clone()),
             };
             if msg.offset != meta.head + 1 {
                 return abort(HistoryError::OffsetMismatch {
@@ -380,10 +373,12 @@ impl Store {
                 channel,
                 id: &msg.id,
                 offset: msg.offset,
-                value: &mval,
+                ts_ms: msg.ts_ms,
+                from: msg.from.as_deref(),
+                data: &msg.data,
                 idem,
             };
-            put_message((tm, tmeta, ti, tx), meta.epoch, &written)
+            put_message((tm, tmeta, ti, tx), meta, &written)
         })?;
         Ok(())
     }
@@ -465,16 +460,26 @@ impl Store {
         Ok(out)
     }
 
-    /// How many messages are stored with an offset in `(after, upto]`. Counted, never computed from the
-    /// offsets: they may have gaps. A key-range scan, proportional to the count.
+    /// How many messages are stored with an offset in `(after, upto]`. Never computed from the offsets
+    /// (they may have gaps): from the seqs of the first and the last of them (each message is numbered
+    /// in its epoch), two lookups; by scanning the range for messages stored before seqs existed.
     pub fn count_range(&self, channel: &str, after: u64, upto: u64) -> Result<u64, HistoryError> {
         keys::check_channel(channel)?;
         if after >= upto {
             return Ok(0);
         }
         let range = keys::message_key(channel, after + 1)..=keys::message_key(channel, upto);
+        let msgs = &self.inner.messages;
+        let first = msgs.range(range.clone()).next().transpose()?;
+        let last = msgs.range(range.clone()).next_back().transpose()?;
+        let (Some((_, first)), Some((_, last))) = (first, last) else {
+            return Ok(0);
+        };
+        if let (Some(a), Some(b)) = (keys::message_seq(&first)?, keys::message_seq(&last)?) {
+            return Ok(b.saturating_sub(a) + 1);
+        }
         let mut n = 0u64;
-        for k in self.inner.messages.range(range).keys() {
+        for k in msgs.range(range).keys() {
             k?;
             n += 1;
         }
@@ -580,8 +585,9 @@ pub(super) struct MessageWrite<'a> {
     pub channel: &'a str,
     pub id: &'a str,
     pub offset: u64,
-    /// The encoded message value ([`keys::encode_message`]).
-    pub value: &'a [u8],
+    pub ts_ms: u64,
+    pub from: Option<&'a str>,
+    pub data: &'a [u8],
     /// The idempotency key (built by [`keys::idem_key`]), its expiry and the data's digest.
     pub idem: Option<(&'a [u8], u64, [u8; 32])>,
 }
@@ -595,16 +601,20 @@ pub(super) fn put_message(
         &TransactionalTree,
         &TransactionalTree,
     ),
-    epoch: String,
+    prev: Meta,
     m: &MessageWrite<'_>,
 ) -> TxResult<()> {
+    let epoch = prev.epoch;
+    // Numbered in its epoch, so a count of messages between two offsets is a subtraction of seqs.
+    let seq = prev.count.map(|c| c + 1);
     if m.offset >= MAX_OFFSET {
         return abort(HistoryError::OffsetOverflow {
             channel: m.channel.to_owned(),
             offset: m.offset,
         });
     }
-    tm.insert(keys::message_key(m.channel, m.offset), m.value)?;
+    let value = keys::encode_message(m.id, m.ts_ms, seq, m.from, m.data);
+    tm.insert(keys::message_key(m.channel, m.offset), value)?;
     if let Some((ikey, expires_at_ms, digest)) = m.idem {
         replace_idem_index(ti, tx, ikey, expires_at_ms)?;
         let entry = IdemEntry {
@@ -619,6 +629,7 @@ pub(super) fn put_message(
     let head = Meta {
         epoch,
         head: m.offset,
+        count: seq,
     };
     tmeta.insert(m.channel.as_bytes(), keys::encode_meta(&head))?;
     Ok(())
