@@ -13,7 +13,10 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+mod cluster;
 mod error;
+
+pub use cluster::{ClusterConfig, MAX_BATCH};
 
 use error::describe;
 pub use error::ConfigError;
@@ -30,6 +33,7 @@ pub struct Config {
     pub history: HistoryConfig,
     pub admin: AdminConfig,
     pub auth: AuthConfig,
+    pub cluster: ClusterConfig,
     /// Per-namespace options. `default` applies to channels without a `:` and to namespaces not listed;
     /// a listed namespace inherits every option it does not set from `default`.
     pub namespaces: BTreeMap<String, NamespaceOverrides>,
@@ -375,6 +379,7 @@ impl Default for Config {
             history: HistoryConfig::default(),
             admin: AdminConfig::default(),
             auth: AuthConfig::default(),
+            cluster: ClusterConfig::default(),
             namespaces,
         }
     }
@@ -496,7 +501,7 @@ impl Config {
             );
         }
         // Ranges that would otherwise overflow a timer or an allocation, or hang the node.
-        let ranges: [(&str, u64, u64, u64); 16] = [
+        let ranges: [(&str, u64, u64, u64); 22] = [
             (
                 "server.shutdown_grace_ms",
                 self.server.shutdown_grace_ms,
@@ -517,6 +522,32 @@ impl Config {
                 self.channel.window_bytes as u64,
                 1024,
                 1 << 30,
+            ),
+            ("cluster.shards", self.cluster.shards.into(), 1, 1024),
+            (
+                "cluster.batch_max",
+                self.cluster.batch_max as u64,
+                1,
+                cluster::MAX_BATCH as u64,
+            ),
+            ("cluster.coalesce_ms", self.cluster.coalesce_ms, 0, 1_000),
+            (
+                "cluster.connect_timeout_ms",
+                self.cluster.connect_timeout_ms,
+                100,
+                600_000,
+            ),
+            (
+                "cluster.confirm_timeout_ms",
+                self.cluster.confirm_timeout_ms,
+                100,
+                600_000,
+            ),
+            (
+                "cluster.max_pending",
+                self.cluster.max_pending as u64,
+                1,
+                10_000_000,
             ),
             (
                 "session.resume_wait_ms",
@@ -578,6 +609,15 @@ impl Config {
             if !(min..=max).contains(&value) {
                 return bad(key, &format!("{value} is out of range {min}..={max}"));
             }
+        }
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if !name_ok(&self.cluster.name) {
+            return bad("cluster.name", "1 to 64 characters of A-Z a-z 0-9 - _");
         }
         for name in self.namespaces.keys() {
             if name.is_empty() || name.contains(':') {

@@ -78,13 +78,28 @@ fn threads(configured: usize) -> usize {
 pub type LogFactory =
     Box<dyn FnOnce(&Store) -> Result<Arc<dyn Log>, crate::history::HistoryError> + Send>;
 
+/// The log a config asks for: RabbitMQ streams when `cluster.enabled`, else the local log.
+fn configured_log(config: &Config) -> LogFactory {
+    if !config.cluster.enabled {
+        return local_log();
+    }
+    let cluster = config.cluster.clone();
+    let node = if config.server.node_id.is_empty() {
+        format!("node-{}", ulid::Ulid::new())
+    } else {
+        config.server.node_id.clone()
+    };
+    Box::new(move |_| Ok(Arc::new(crate::cluster::StreamLog::start(cluster, node)) as Arc<dyn Log>))
+}
+
 fn local_log() -> LogFactory {
     Box::new(|store| Ok(Arc::new(LocalLog::open(store.clone())?) as Arc<dyn Log>))
 }
 
 /// Opens storage and builds the shared node state. Must run inside an actix system.
 pub fn build_node(config: Config) -> Result<Arc<Node>, ServerError> {
-    build_node_with(config, local_log())
+    let log = configured_log(&config);
+    build_node_with(config, log)
 }
 
 fn build_node_with(config: Config, make_log: LogFactory) -> Result<Arc<Node>, ServerError> {
@@ -139,7 +154,8 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(Arc<Node>),
 ) -> Result<(), ServerError> {
-    run_inner(listeners, config, local_log(), shutdown, on_ready).await
+    let log = configured_log(&config);
+    run_inner(listeners, config, log, shutdown, on_ready).await
 }
 
 async fn run_inner(
@@ -285,7 +301,8 @@ impl Drop for RunningNode {
 
 /// Binds the config's addresses and runs a node on a new thread until [`RunningNode::shutdown`].
 pub fn spawn(config: Config) -> Result<RunningNode, ServerError> {
-    spawn_with_log(config, local_log())
+    let log = configured_log(&config);
+    spawn_with_log(config, log)
 }
 
 /// Like [`spawn`], with the node's log built by `make_log` (tests: a log that misbehaves on purpose).

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
-use herald::cluster::{Committed, Entry, LocalLog, Log, LogError, Proposal};
+use herald::cluster::{Committed, Entry, LocalLog, Log, LogError, Position, Proposal};
 use herald::server::spawn_with_log;
 use serde_json::{json, Value};
 
@@ -22,6 +22,10 @@ struct FlakyLog {
 }
 
 impl Log for FlakyLog {
+    fn shards(&self) -> u32 {
+        self.inner.shards()
+    }
+
     fn propose(&self, entry: Entry) -> Proposal {
         let n = self.proposals.fetch_add(1, Ordering::Relaxed);
         if n % 7 == 6 {
@@ -35,13 +39,13 @@ impl Log for FlakyLog {
         })
     }
 
-    fn follow(&self, after: u64) -> Committed {
+    fn follow(&self, after: &[u64]) -> Committed {
         self.inner
             .follow(after)
             .flat_map(|item| futures_util::stream::iter([item.clone(), item]))
             .then(|item| async move {
-                if let Ok((position, _)) = &item {
-                    if position % 16 == 0 {
+                if let Ok(c) = &item {
+                    if c.position.index % 16 == 0 {
                         tokio::time::sleep(Duration::from_millis(3)).await;
                     }
                 }
@@ -50,7 +54,7 @@ impl Log for FlakyLog {
             .boxed()
     }
 
-    fn applied(&self, position: u64) {
+    fn applied(&self, position: Position) {
         self.inner.applied(position)
     }
 }

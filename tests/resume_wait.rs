@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::StreamExt;
-use herald::cluster::{Committed, Entry, EntryKind, LocalLog, Log, Proposal};
+use herald::cluster::{Committed, Entry, EntryKind, LocalLog, Log, Position, Proposal};
 use herald::history::{Store, StoreConfig};
 use herald::server::spawn_with_log;
 use serde_json::json;
@@ -26,11 +26,15 @@ struct LateLog {
 }
 
 impl Log for LateLog {
+    fn shards(&self) -> u32 {
+        self.inner.shards()
+    }
+
     fn propose(&self, entry: Entry) -> Proposal {
         self.inner.propose(entry)
     }
 
-    fn follow(&self, after: u64) -> Committed {
+    fn follow(&self, after: &[u64]) -> Committed {
         let mut inner = Some(self.inner.follow(after));
         futures_util::stream::once(tokio::time::sleep(self.delay))
             .flat_map(move |_| {
@@ -41,7 +45,7 @@ impl Log for LateLog {
             .boxed()
     }
 
-    fn applied(&self, position: u64) {
+    fn applied(&self, position: Position) {
         self.inner.applied(position)
     }
 }

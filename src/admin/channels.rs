@@ -32,7 +32,7 @@ pub struct ChannelSummary {
     pub head: u64,
     /// Oldest retained offset, null if nothing is retained.
     pub oldest: Option<u64>,
-    /// Messages retained (`head - oldest + 1`, 0 if none).
+    /// Messages retained (counted: offsets may have gaps).
     pub retained: u64,
     /// Bytes of retained history, null when not known (not tracked per channel yet).
     pub bytes: Option<u64>,
@@ -186,6 +186,7 @@ pub struct ResetView {
 }
 
 fn summary(
+    store: &crate::history::Store,
     name: &str,
     stored: Option<&ChannelState>,
     live: Option<&ChannelInfo>,
@@ -208,7 +209,12 @@ fn summary(
         epoch,
         head,
         oldest,
-        retained: oldest.map_or(0, |o| head - o + 1),
+        // Counted (offsets may have gaps), from the messages' numbers: two lookups.
+        retained: oldest.map_or(0, |o| {
+            store
+                .count_range(name, o.saturating_sub(1), head)
+                .unwrap_or(0)
+        }),
         bytes: None,
         last_publish_ms: live.and_then(|i| i.last_publish_ms),
     }
@@ -260,7 +266,7 @@ pub(crate) async fn list(
     let channels: Vec<ChannelSummary> = page
         .iter()
         .zip(&lives)
-        .map(|((name, st), live)| summary(name, Some(st), live.as_ref()))
+        .map(|((name, st), live)| summary(&node.store, name, Some(st), live.as_ref()))
         .collect();
     let next_cursor = if more {
         channels.last().map(|c| c.name.clone())
@@ -286,7 +292,7 @@ pub(crate) async fn detail(
 ) -> Result<HttpResponse, ApiError> {
     let limit = params::limit(&q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let (stored, live) = known(&node, &name).await?;
-    let summary = summary(&name, stored.as_ref(), live.as_ref());
+    let summary = summary(&node.store, &name, stored.as_ref(), live.as_ref());
     let options = match &live {
         Some(i) => i.options.clone(),
         None => node.config.namespace(namespace_of(&name)),

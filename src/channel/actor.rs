@@ -59,7 +59,19 @@ pub struct ChannelActor {
 impl ChannelActor {
     /// Loads the channel's state from the store.
     pub fn load(name: Arc<str>, node: Arc<Hub>) -> Result<Self, HistoryError> {
-        let state = node.store.channel_state(&name)?;
+        // A channel this node has no history of: in a cluster its epoch is the log's (every node must
+        // agree); a local log lets the store mint one.
+        let state = match node.store.peek_state(&name)? {
+            Some(s) => s,
+            None => match node.log.epoch_for(&name) {
+                Some(epoch) => crate::history::ChannelState {
+                    epoch,
+                    head: 0,
+                    oldest: None,
+                },
+                None => node.store.channel_state(&name)?,
+            },
+        };
         let ns = node.config.namespace(namespace_of(&name));
         let join_leave_budget = ns.join_leave.then(|| {
             let rate = std::num::NonZeroU32::new(node.config.channel.join_leave_per_second)

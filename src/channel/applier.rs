@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 
 use super::Hub;
 use super::{ChannelActor, ChannelError, Publish, Published};
-use crate::cluster::{Entry, EntryKind};
+use crate::cluster::{CommittedEntry, Entry, EntryKind, Position};
 use crate::history::Applied;
 use crate::stats::Stats;
 
@@ -149,18 +149,19 @@ pub fn start_applier(node: Arc<Hub>, arbiter: &actix_rt::ArbiterHandle) {
 }
 
 async fn run(node: Arc<Hub>) {
-    let window = node.config.history.idempotency_window_ms;
-    let mut applied = match node.store.applied_position() {
+    // The last index applied in each shard of the log.
+    let mut applied = match node.store.applied_positions(node.log.shards()) {
         Ok(p) => p,
         Err(e) => {
-            tracing::error!(error = %e, "applier: cannot read the applied position; nothing is applied");
+            tracing::error!(error = %e, "applier: cannot read the applied positions; nothing is applied");
             return;
         }
     };
-    // The highest position whose forgetting was asked for; the flush it needs runs on its own, so
-    // applying never waits for a group-commit window.
-    let forgetting = Arc::new(AtomicU64::new(applied));
-    let mut committed = node.log.follow(applied);
+    // Per shard, the highest index whose forgetting was asked for; the flush it needs runs on its own,
+    // so applying never waits for a group-commit window.
+    let forgetting: Arc<Vec<AtomicU64>> =
+        Arc::new(applied.iter().map(|&a| AtomicU64::new(a)).collect());
+    let mut committed = node.log.follow(&applied);
     let mut tick = actix_rt::time::interval(TRIM_EVERY);
     loop {
         tokio::select! {
@@ -172,23 +173,39 @@ async fn run(node: Arc<Hub>) {
                 Some(Err(e)) => {
                     tracing::error!(error = %e, "applier: the log failed; following it again");
                     actix_rt::time::sleep(RETRY).await;
-                    committed = node.log.follow(applied);
+                    committed = node.log.follow(&applied);
                 }
-                Some(Ok((position, entry))) => {
-                    if !apply_one(&node, position, entry, window) {
+                Some(Ok(c)) => {
+                    let Position { shard, index } = c.position;
+                    let Some(slot) = applied.get_mut(shard as usize) else {
+                        tracing::error!(shard, "applier: an entry of a shard the log does not have");
+                        continue;
+                    };
+                    *slot = (*slot).max(index);
+                    if !apply_one(&node, c) {
                         return;
                     }
-                    applied = applied.max(position);
                 }
             },
             _ = tick.tick() => {
-                if applied > forgetting.load(Ordering::Acquire) {
-                    forgetting.store(applied, Ordering::Release);
+                let forget: Vec<Position> = applied
+                    .iter()
+                    .zip(forgetting.iter())
+                    .enumerate()
+                    .filter(|(_, (a, f))| **a > f.load(Ordering::Acquire))
+                    .map(|(shard, (a, f))| {
+                        f.store(*a, Ordering::Release);
+                        Position::new(shard as u32, *a)
+                    })
+                    .collect();
+                if !forget.is_empty() {
                     let durable = node.store.durable();
                     let node = node.clone();
                     actix_rt::spawn(async move {
                         if durable.await.is_ok() {
-                            node.log.applied(applied);
+                            for p in forget {
+                                node.log.applied(p);
+                            }
                         }
                     });
                 }
@@ -199,12 +216,18 @@ async fn run(node: Arc<Hub>) {
 
 /// Applies one entry, tells its channel and its proposer. `false` when the store stopped accepting
 /// writes: nothing more can be applied.
-fn apply_one(node: &Hub, position: u64, entry: Entry, window: u64) -> bool {
-    let outcome = match node.store.apply(position, &entry, window) {
+fn apply_one(node: &Hub, committed: CommittedEntry) -> bool {
+    let window = node.config.history.idempotency_window_ms;
+    let CommittedEntry {
+        position,
+        placement,
+        entry,
+    } = committed;
+    let outcome = match node.store.apply(position, &placement, &entry, window) {
         Ok(o) => o,
         Err(e) => {
             let err = ChannelError::from_store(&e);
-            tracing::error!(position, channel = %entry.channel, error = %e, "applier: entry not applied");
+            tracing::error!(shard = position.shard, index = position.index, channel = %entry.channel, error = %e, "applier: entry not applied");
             node.applier.answer(&entry.id, Err(err.clone()));
             return !matches!(err, ChannelError::StoreFailed(_));
         }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::{Committed, Entry, Log, LogError, Proposal};
+use super::{Committed, CommittedEntry, Entry, Log, LogError, Placement, Position, Proposal};
 use crate::history::{HistoryError, Store};
 
 /// Entries read from the tree per follower step.
@@ -45,7 +45,7 @@ impl LocalLog {
     /// they count as committed and are applied (again, if need be: applying skips what was applied).
     pub fn open(store: Store) -> Result<LocalLog, HistoryError> {
         let last = store.log_last()?.unwrap_or(0);
-        let top = last.max(store.applied_position()?);
+        let top = last.max(store.applied_position(0)?);
         let (progress, _) = watch::channel(Progress::Committed(top));
         let shared = Arc::new(Shared {
             store,
@@ -89,6 +89,11 @@ impl LocalLog {
 }
 
 impl Log for LocalLog {
+    /// One shard: the whole node's order.
+    fn shards(&self) -> u32 {
+        1
+    }
+
     fn propose(&self, entry: Entry) -> Proposal {
         let mut progress = self.shared.progress.subscribe();
         let written = self.write(&entry);
@@ -102,15 +107,15 @@ impl Log for LocalLog {
                 .await
                 .map_err(|_| LogError::Unavailable("the local log stopped".into()))?;
             match &*seen {
-                Progress::Committed(_) => Ok(position),
+                Progress::Committed(_) => Ok(()),
                 Progress::Failed(why) => Err(LogError::Unavailable(why.clone())),
             }
         })
     }
 
-    fn follow(&self, after: u64) -> Committed {
+    fn follow(&self, after: &[u64]) -> Committed {
         let state = (
-            after,
+            after.first().copied().unwrap_or(0),
             self.shared.progress.subscribe(),
             VecDeque::new(),
             self.shared.store.clone(),
@@ -120,9 +125,14 @@ impl Log for LocalLog {
                 if after == u64::MAX {
                     return None; // the log failed; the error was reported
                 }
-                if let Some((position, entry)) = buf.pop_front() {
-                    after = position;
-                    return Some((Ok((position, entry)), (after, rx, buf, store)));
+                if let Some((index, entry)) = buf.pop_front() {
+                    after = index;
+                    let committed = CommittedEntry {
+                        position: Position::new(0, index),
+                        placement: Placement::Dense,
+                        entry,
+                    };
+                    return Some((Ok(committed), (after, rx, buf, store)));
                 }
                 let progress = rx.borrow_and_update().clone();
                 let committed = match progress {
@@ -151,8 +161,8 @@ impl Log for LocalLog {
         .boxed()
     }
 
-    fn applied(&self, position: u64) {
-        if let Err(e) = self.shared.store.log_trim(position) {
+    fn applied(&self, position: Position) {
+        if let Err(e) = self.shared.store.log_trim(position.index) {
             tracing::warn!(error = %e, "local log: trimming applied entries failed");
         }
     }

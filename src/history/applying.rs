@@ -4,9 +4,11 @@
 //! committed entry into store state in ONE sled transaction: it decides idempotency from the entry alone
 //! (the key is scoped per publisher, its window measured against the entry's timestamp), assigns the
 //! channel offset, and writes the message, the channel meta, the idempotency key and the log position
-//! applied. A position at or below the one applied is skipped, so a re-delivered entry, or the re-reading
-//! of the log after a crash, applies nothing twice. The same log applied on any node gives the same
-//! offsets, epochs and decisions.
+//! applied (per shard of the log). A position at or below the one applied in its shard is skipped, so a
+//! re-delivered entry, or the re-reading of the log after a crash, applies nothing twice. The same log
+//! applied on any node gives the same offsets, epochs and decisions: the offset and epoch come either
+//! from the store's own numbering ([`Placement::Dense`], the local log) or from the log
+//! ([`Placement::At`], a cluster log, where every node must compute the same ones).
 //!
 //! The `log` tree holds the single-node log ([`crate::cluster::LocalLog`]): encoded entries by position.
 //! Entries are made durable there (group commit) before they are applied, so applied state never needs
@@ -14,48 +16,80 @@
 
 use sled::Transactional;
 
-use super::entry::{Applied, Entry, EntryKind};
+use super::entry::{Applied, Entry, EntryKind, Placement, Position};
 use super::error::HistoryError;
 use super::keys::{self, Meta};
 use super::store::{abort, put_message, MessageWrite};
 use super::Store;
 
-/// Cursor holding the last log position applied.
+/// Cursor holding the last log position applied in shard 0 (the name predates shards).
 pub(super) const APPLIED: &[u8] = b"log.applied";
 
+/// The cursor key of the last position applied in `shard`.
+pub(super) fn applied_key(shard: u32) -> Vec<u8> {
+    if shard == 0 {
+        APPLIED.to_vec()
+    } else {
+        format!("log.applied.{shard}").into_bytes()
+    }
+}
+
 impl Store {
-    /// The last log position applied (0 before the first).
-    pub fn applied_position(&self) -> Result<u64, HistoryError> {
-        match self.inner.cursors.get(APPLIED)? {
+    /// The last index applied in `shard` of the log (0 before the first).
+    pub fn applied_position(&self, shard: u32) -> Result<u64, HistoryError> {
+        match self.inner.cursors.get(applied_key(shard))? {
             Some(v) => keys::decode_u64(&v, "applied position"),
             None => Ok(0),
         }
     }
 
-    /// Applies the committed entry at log `position`. See the module docs.
+    /// The last index applied in each of `shards` shards.
+    pub fn applied_positions(&self, shards: u32) -> Result<Vec<u64>, HistoryError> {
+        (0..shards).map(|s| self.applied_position(s)).collect()
+    }
+
+    /// Applies the committed entry at `position`, placed as `placement` says. See the module docs.
     pub fn apply(
         &self,
-        position: u64,
+        position: Position,
+        placement: &Placement,
         entry: &Entry,
         window_ms: u64,
     ) -> Result<Applied, HistoryError> {
         keys::check_channel(&entry.channel)?;
         self.inner.flusher.health()?;
-        if position <= self.applied_position()? {
+        if position.index <= self.applied_position(position.shard)? {
             return Ok(Applied::AlreadyApplied);
         }
         match &entry.kind {
             EntryKind::Reset => {
-                let st = self.reset_as(&entry.channel, entry.id.clone(), Some(position))?;
+                let epoch = match placement {
+                    Placement::Dense => entry.id.clone(),
+                    Placement::At { epoch, .. } => epoch.clone(),
+                };
+                let st = self.reset_as(&entry.channel, epoch, Some(position))?;
                 Ok(Applied::Reset { epoch: st.epoch })
             }
-            EntryKind::Publish { data } => self.apply_publish(position, entry, data, window_ms),
+            EntryKind::Publish { data } => {
+                if let Placement::At { epoch, .. } = placement {
+                    // A new generation of the channel's shard: the history of the old one is gone
+                    // (every node deletes it the same way before applying the first entry).
+                    if self
+                        .get_meta(&entry.channel)?
+                        .is_some_and(|m| m.epoch != *epoch)
+                    {
+                        self.reset_as(&entry.channel, epoch.clone(), None)?;
+                    }
+                }
+                self.apply_publish(position, placement, entry, data, window_ms)
+            }
         }
     }
 
     fn apply_publish(
         &self,
-        position: u64,
+        position: Position,
+        placement: &Placement,
         entry: &Entry,
         data: &[u8],
         window_ms: u64,
@@ -67,25 +101,31 @@ impl Store {
             .map(|k| keys::idem_key(channel, &keys::scoped_idem_key(&entry.publisher, k)));
         let digest = keys::data_digest(data);
         let expires_at_ms = entry.ts.saturating_add(window_ms);
-        let pos = keys::encode_u64(position);
+        let pos = keys::encode_u64(position.index);
+        let cursor = applied_key(position.shard);
         let i = &self.inner;
         let out = (&i.messages, &i.meta, &i.idem, &i.idem_exp, &i.cursors).transaction(
             |(tm, tmeta, ti, tx, tc)| {
-                if let Some(v) = tc.get(APPLIED)? {
+                if let Some(v) = tc.get(&cursor)? {
                     match keys::decode_u64(&v, "applied position") {
-                        Ok(applied) if applied >= position => return Ok(Applied::AlreadyApplied),
+                        Ok(applied) if applied >= position.index => {
+                            return Ok(Applied::AlreadyApplied)
+                        }
                         Ok(_) => {}
                         Err(e) => return abort(e),
                     }
                 }
-                tc.insert(APPLIED, &pos)?;
+                tc.insert(cursor.as_slice(), &pos)?;
                 let meta = match tmeta.get(channel.as_bytes())? {
                     Some(v) => match keys::decode_meta(&v) {
                         Ok(m) => m,
                         Err(e) => return abort(e),
                     },
-                    // A channel's first entry names its epoch: the same on every node.
-                    None => Meta::fresh(entry.id.clone()),
+                    // A channel's first entry names its epoch (or the log does): the same on every node.
+                    None => Meta::fresh(match placement {
+                        Placement::Dense => entry.id.clone(),
+                        Placement::At { epoch, .. } => epoch.clone(),
+                    }),
                 };
                 if let Some(ikey) = &ikey {
                     if let Some(v) = ti.get(ikey)? {
@@ -105,7 +145,17 @@ impl Store {
                         }
                     }
                 }
-                let offset = meta.head + 1;
+                let offset = match placement {
+                    Placement::Dense => meta.head + 1,
+                    Placement::At { offset, .. } if *offset > meta.head => *offset,
+                    Placement::At { offset, .. } => {
+                        return abort(HistoryError::OffsetMismatch {
+                            channel: channel.to_owned(),
+                            expected: meta.head + 1,
+                            got: *offset,
+                        })
+                    }
+                };
                 let written = MessageWrite {
                     channel,
                     id: &entry.id,

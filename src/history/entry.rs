@@ -54,6 +54,33 @@ impl Entry {
     }
 }
 
+/// Where a committed entry sits in the log: a shard and its index there. A single-node log has one shard;
+/// a cluster log has one per shard stream, each with its own order (entries of one channel are always in
+/// one shard, so a channel has one order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Position {
+    pub shard: u32,
+    pub index: u64,
+}
+
+impl Position {
+    pub fn new(shard: u32, index: u64) -> Position {
+        Position { shard, index }
+    }
+}
+
+/// How an applied message is placed in its channel: who decides its offset and epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// The store numbers the channel's messages itself (offset = head + 1, dense), and the channel's
+    /// first entry names its epoch. Right when one node's log is the whole history (the local log).
+    Dense,
+    /// The log decides, the same on every node that applies it: the message's offset (above the
+    /// channel's head; gaps allowed) and the epoch it belongs to (a cluster log: the shard stream's offset
+    /// + 1 and the shard's generation).
+    At { offset: u64, epoch: String },
+}
+
 /// What applying an entry did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {

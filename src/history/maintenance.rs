@@ -34,7 +34,8 @@ impl Store {
 
     /// Enforces retention: removes the oldest messages beyond `max_len` and those older than
     /// `now_ms - max_age`, but never a message with offset >= `floor`. Returns how many were removed.
-    /// Only a leading run of messages is ever removed, so retained offsets stay contiguous.
+    /// Only a leading run of messages is ever removed. `max_len` counts messages, not offsets (offsets may
+    /// have gaps): by their number in the epoch (`seq`), or by offset for messages stored before seqs.
     pub fn trim(
         &self,
         channel: &str,
@@ -46,7 +47,11 @@ impl Store {
         let Some(meta) = self.get_meta(channel)? else {
             return Ok(0);
         };
-        // Offsets below `keep_from` exceed max_len.
+        // Messages numbered below `seq_from` exceed max_len; for unnumbered (old) messages, offsets
+        // below `keep_from` (their offsets are dense).
+        let seq_from = meta
+            .count
+            .map(|c| (c + 1).saturating_sub(retention.max_len));
         let keep_from = (meta.head + 1).saturating_sub(retention.max_len);
         let cutoff = retention
             .max_age
@@ -56,7 +61,11 @@ impl Store {
             if offset >= floor {
                 return Ok(false);
             }
-            if offset < keep_from {
+            let beyond_len = match (seq_from, keys::message_seq(value)?) {
+                (Some(from), Some(seq)) => seq < from,
+                _ => offset < keep_from,
+            };
+            if beyond_len {
                 return Ok(true);
             }
             match cutoff {
@@ -139,7 +148,7 @@ impl Store {
         &self,
         channel: &str,
         epoch: String,
-        applied: Option<u64>,
+        applied: Option<super::Position>,
     ) -> Result<ChannelState, HistoryError> {
         keys::check_channel(channel)?;
         let prefix = keys::channel_prefix(channel);
@@ -165,7 +174,10 @@ impl Store {
                         return Ok(false);
                     }
                     if let Some(p) = applied {
-                        tc.insert(super::applying::APPLIED, &keys::encode_u64(p))?;
+                        tc.insert(
+                            super::applying::applied_key(p.shard),
+                            &keys::encode_u64(p.index),
+                        )?;
                     }
                     for k in &leftover_msgs {
                         tm.remove(k)?;

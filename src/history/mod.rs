@@ -65,7 +65,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use commit::{Durable, FlushFault};
-pub use entry::{Applied, Entry, EntryKind};
+pub use entry::{Applied, Entry, EntryKind, Placement, Position};
 pub use error::HistoryError;
 pub use keys::{data_digest, scoped_idem_key};
 pub use store::Store;

@@ -1,0 +1,210 @@
+//! Nodes sharing channels through RabbitMQ streams (the shared RabbitMQ on 127.0.0.1:5672; each test has
+//! its own cluster name and deletes its streams after).
+//!
+//! A publish on any node reaches subscribers on every node, and every node sees one order: the same
+//! `(offset, id)` sequence, with the offsets the log gave (gaps allowed).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use herald::cluster::StreamNames;
+use serde_json::{json, Value};
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=5";
+const SHARDS: u32 = 2;
+
+fn cluster_config(name: &str) -> (herald::config::Config, tempfile::TempDir) {
+    let (mut cfg, dir) = test_config();
+    cfg.cluster.enabled = true;
+    cfg.cluster.amqp_url = AMQP.into();
+    cfg.cluster.name = name.into();
+    cfg.cluster.shards = SHARDS;
+    cfg.limits.messages_per_second = 100_000;
+    cfg.limits.messages_burst = 100_000;
+    cfg.namespaces.get_mut("default").unwrap().history_size = Some(10_000);
+    (cfg, dir)
+}
+
+/// Deletes the streams of cluster `name` (generation from an epoch `<generation>.<shard>`).
+async fn delete_streams(name: &str, epoch: &str) {
+    let generation = epoch.split('.').next().unwrap_or_default();
+    let names = StreamNames {
+        cluster: name.to_string(),
+    };
+    let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ");
+    let ch = conn.create_channel().await.unwrap();
+    let mut streams: Vec<String> = (0..SHARDS).map(|s| names.shard(generation, s)).collect();
+    streams.push(names.meta());
+    for s in streams {
+        let _ = ch
+            .queue_delete(
+                s.as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await;
+    }
+}
+
+/// Publishes until the node is connected to the cluster (`unavailable` while it connects).
+async fn publish_when_ready(c: &mut Client, channel: &str, data: Value) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c
+            .request(json!({"type": "publish", "channel": channel, "data": data}))
+            .await;
+        if r["type"] == "reply" {
+            return r["result"].clone();
+        }
+        assert_eq!(r["code"], "unavailable", "{r}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node never connected: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_on_one_node_reaches_subscribers_on_every_node_in_one_order() {
+    let name = format!("test-{}", ulid::Ulid::new());
+    let (cfg_a, _da) = cluster_config(&name);
+    let (cfg_b, _db) = cluster_config(&name);
+    let a = start(cfg_a);
+    let b = start(cfg_b);
+    let channel = "room:one";
+
+    let mut pa = Client::connect(&a.ws_url(), Enc::Json).await;
+    let mut pb = Client::connect(&b.ws_url(), Enc::Msgpack).await;
+    // Both nodes connected and agreed (a publish through each comes back applied).
+    let first = publish_when_ready(&mut pa, channel, json!({"from": "a", "i": 0})).await;
+    let epoch = first["epoch"].as_str().unwrap().to_string();
+    let second = publish_when_ready(&mut pb, channel, json!({"from": "b", "i": 0})).await;
+    assert_eq!(second["epoch"], epoch, "one epoch on both nodes");
+
+    let mut sa = Client::connect(&a.ws_url(), Enc::Json).await;
+    let mut sb = Client::connect(&b.ws_url(), Enc::Json).await;
+    let head_a = sa.subscribe(channel).await["offset"].as_u64().unwrap();
+    let head_b = sb.subscribe(channel).await["offset"].as_u64().unwrap();
+    assert_eq!(head_a, head_b, "both nodes applied the same head");
+
+    // Two publishers on two nodes, concurrently.
+    const N: u64 = 100;
+    let ta = tokio::spawn(async move {
+        for i in 1..=N {
+            pa.publish(channel, json!({"from": "a", "i": i})).await;
+        }
+    });
+    let tb = tokio::spawn(async move {
+        for i in 1..=N {
+            pb.publish(channel, json!({"from": "b", "i": i})).await;
+        }
+    });
+    ta.await.unwrap();
+    tb.await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut data = Vec::new();
+    for s in [&mut sa, &mut sb] {
+        let mut got: Vec<(u64, String)> = Vec::new();
+        let mut last = head_a;
+        while got.len() < (2 * N) as usize {
+            let m = s.next_message().await;
+            let off = m["offset"].as_u64().unwrap();
+            assert!(off > last, "offsets increase: {off} after {last}");
+            assert_eq!(m["epoch"], epoch.as_str());
+            last = off;
+            got.push((off, m["id"].as_str().unwrap().to_string()));
+            data.push(m["data"].clone());
+        }
+        seen.push(got);
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "every node delivers one sequence of (offset, id)"
+    );
+    // Each publisher's messages keep its order (as node a delivered them).
+    for from in ["a", "b"] {
+        let is: Vec<u64> = data[..(2 * N) as usize]
+            .iter()
+            .filter(|d| d["from"] == from)
+            .map(|d| d["i"].as_u64().unwrap())
+            .collect();
+        assert_eq!(is, (1..=N).collect::<Vec<_>>(), "publisher {from}'s order");
+    }
+
+    drop((sa, sb));
+    a.shutdown().expect("node a stops");
+    b.shutdown().expect("node b stops");
+    delete_streams(&name, &epoch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_on_another_node() {
+    let name = format!("test-{}", ulid::Ulid::new());
+    let (cfg_a, _da) = cluster_config(&name);
+    let (cfg_b, _db) = cluster_config(&name);
+    let a = start(cfg_a);
+    let b = start(cfg_b);
+    let channel = "room:resume";
+    let mut p = Client::connect(&a.ws_url(), Enc::Msgpack).await;
+    let first = publish_when_ready(&mut p, channel, json!({"i": 0})).await;
+    let epoch = first["epoch"].as_str().unwrap().to_string();
+
+    // Reads on node a, then leaves.
+    let mut c = Client::connect(&a.ws_url(), Enc::Json).await;
+    c.subscribe(channel).await;
+    for i in 1..=10 {
+        p.publish(channel, json!({"i": i})).await;
+    }
+    let mut last = 0;
+    for _ in 1..=10 {
+        last = c.next_message().await["offset"].as_u64().unwrap();
+    }
+    drop(c);
+    for i in 11..=60 {
+        p.publish(channel, json!({"i": i})).await;
+    }
+    // Resumes on node b.
+    let mut c = Client::connect(&b.ws_url(), Enc::Json).await;
+    let since = json!({"epoch": epoch, "offset": last});
+    let r = c
+        .ok(json!({"type": "subscribe", "channel": channel, "since": since}))
+        .await;
+    assert_eq!(r["recovered"], true, "since {since}: {r}");
+    assert_eq!(r["replayed"], 50, "{r}");
+    for i in 11..=60 {
+        let m = c.next_message().await;
+        assert_eq!(m["data"]["i"], i, "{m}");
+    }
+    drop(c);
+    a.shutdown().expect("node a stops");
+    b.shutdown().expect("node b stops");
+    delete_streams(&name, &epoch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_fail_fast_when_rabbitmq_is_unreachable() {
+    let (mut cfg, _d) = cluster_config(&format!("test-{}", ulid::Ulid::new()));
+    // Nothing listens there.
+    cfg.cluster.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+    let node = start(cfg);
+    let mut c = Client::connect(&node.ws_url(), Enc::Json).await;
+    let t0 = std::time::Instant::now();
+    let r = c
+        .request(json!({"type": "publish", "channel": "x:y", "data": 1}))
+        .await;
+    assert_eq!(r["code"], "unavailable", "{r}");
+    assert!(r["retry_after_ms"].as_u64().is_some(), "{r}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "fast: {:?}",
+        t0.elapsed()
+    );
+    // Subscribing still works.
+    c.subscribe("x:y").await;
+    node.shutdown().expect("stops");
+}
