@@ -204,7 +204,10 @@ async fn publishes_fail_fast_when_rabbitmq_is_unreachable() {
         "fast: {:?}",
         t0.elapsed()
     );
-    // Subscribing still works.
+    // Subscribing still works; the node says it cannot take publishes.
     c.subscribe("x:y").await;
+    let r = common::http::http(node.admin_addr, "GET", "/readyz", None, None).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["status"], "log_unavailable");
     node.shutdown().expect("stops");
 }

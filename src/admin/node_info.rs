@@ -141,9 +141,10 @@ pub(crate) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-/// Readiness: 200 while accepting clients with storage open; 503 while draining or if storage fails.
+/// Readiness: 200 while accepting clients with storage open and (in a cluster) the log writable; 503
+/// while draining, if storage fails, or while the cluster log cannot take publishes (RabbitMQ down).
 #[utoipa::path(get, path = "/readyz", tag = "probes",
-    responses((status = 200, description = "accepting clients"), (status = 503, description = "draining or storage failing")))]
+    responses((status = 200, description = "accepting clients"), (status = 503, description = "draining, storage failing, or the cluster log unreachable")))]
 pub(crate) async fn readyz(node: NodeData) -> HttpResponse {
     if node.is_draining() {
         return HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "draining"}));
@@ -156,6 +157,10 @@ pub(crate) async fn readyz(node: NodeData) -> HttpResponse {
     {
         return HttpResponse::ServiceUnavailable()
             .json(serde_json::json!({"status": "storage_unavailable", "error": e.to_string()}));
+    }
+    if !node.log.is_writable() {
+        return HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "log_unavailable"}));
     }
     HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
 }

@@ -85,4 +85,10 @@ pub trait Log: Send + Sync + 'static {
     fn epoch_for(&self, _channel: &str) -> Option<String> {
         None
     }
+
+    /// Whether proposals can be written now (`/readyz`); a cluster log is not while its broker is
+    /// unreachable.
+    fn is_writable(&self) -> bool {
+        true
+    }
 }

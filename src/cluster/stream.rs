@@ -193,6 +193,10 @@ impl Log for StreamLog {
         futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
     }
 
+    fn is_writable(&self) -> bool {
+        self.is_connected()
+    }
+
     fn epoch_for(&self, channel: &str) -> Option<String> {
         let generation = self.generation.borrow().clone()?;
         Some(format!(
