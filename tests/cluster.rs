@@ -73,8 +73,10 @@ async fn a_publish_on_one_node_reaches_subscribers_on_every_node_in_one_order() 
     let name = format!("test-{}", ulid::Ulid::new());
     let (cfg_a, _da) = cluster_config(&name);
     let (cfg_b, _db) = cluster_config(&name);
+    let (cfg_c, _dc) = cluster_config(&name);
     let a = start(cfg_a);
     let b = start(cfg_b);
+    let c = start(cfg_c);
     let channel = "room:one";
 
     let mut pa = Client::connect(&a.ws_url(), Enc::Json).await;
@@ -87,9 +89,16 @@ async fn a_publish_on_one_node_reaches_subscribers_on_every_node_in_one_order() 
 
     let mut sa = Client::connect(&a.ws_url(), Enc::Json).await;
     let mut sb = Client::connect(&b.ws_url(), Enc::Json).await;
+    let mut sc = Client::connect(&c.ws_url(), Enc::Msgpack).await;
     let head_a = sa.subscribe(channel).await["offset"].as_u64().unwrap();
-    let head_b = sb.subscribe(channel).await["offset"].as_u64().unwrap();
-    assert_eq!(head_a, head_b, "both nodes applied the same head");
+    // The other nodes may still be applying the first two entries: subscribe from the same position.
+    let since = json!({"epoch": epoch, "offset": head_a});
+    for s in [&mut sb, &mut sc] {
+        let r = s
+            .ok(json!({"type": "subscribe", "channel": channel, "since": since}))
+            .await;
+        assert_eq!(r["recovered"], true, "{r}");
+    }
 
     // Two publishers on two nodes, concurrently.
     const N: u64 = 100;
@@ -108,7 +117,7 @@ async fn a_publish_on_one_node_reaches_subscribers_on_every_node_in_one_order() 
 
     let mut seen = Vec::new();
     let mut data = Vec::new();
-    for s in [&mut sa, &mut sb] {
+    for s in [&mut sa, &mut sb, &mut sc] {
         let mut got: Vec<(u64, String)> = Vec::new();
         let mut last = head_a;
         while got.len() < (2 * N) as usize {
@@ -126,6 +135,7 @@ async fn a_publish_on_one_node_reaches_subscribers_on_every_node_in_one_order() 
         seen[0], seen[1],
         "every node delivers one sequence of (offset, id)"
     );
+    assert_eq!(seen[0], seen[2], "node c too");
     // Each publisher's messages keep its order (as node a delivered them).
     for from in ["a", "b"] {
         let is: Vec<u64> = data[..(2 * N) as usize]
@@ -136,7 +146,109 @@ async fn a_publish_on_one_node_reaches_subscribers_on_every_node_in_one_order() 
         assert_eq!(is, (1..=N).collect::<Vec<_>>(), "publisher {from}'s order");
     }
 
-    drop((sa, sb));
+    drop((sa, sb, sc));
+    for n in [a, b, c] {
+        n.shutdown().expect("node stops");
+    }
+    delete_streams(&name, &epoch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_used_through_two_nodes_gives_one_message() {
+    let name = format!("test-{}", ulid::Ulid::new());
+    let (cfg_a, _da) = cluster_config(&name);
+    let (cfg_b, _db) = cluster_config(&name);
+    let a = start(cfg_a);
+    let b = start(cfg_b);
+    let channel = "room:idem";
+    let mut pa = Client::connect(&a.ws_url(), Enc::Json).await;
+    let mut pb = Client::connect(&b.ws_url(), Enc::Json).await;
+    let first = publish_when_ready(&mut pa, channel, json!({"warm": 1})).await;
+    let epoch = first["epoch"].as_str().unwrap().to_string();
+    publish_when_ready(&mut pb, channel, json!({"warm": 2})).await;
+    // The same anonymous publisher, the same key and data, through both nodes at once.
+    let cmd = json!({"type": "publish", "channel": channel, "data": {"n": 1}, "key": "k1"});
+    let (ra, rb) = tokio::join!(pa.ok(cmd.clone()), pb.ok(cmd.clone()));
+    assert_eq!(ra, rb, "one message, the same answer through both nodes");
+    let other = pb
+        .request(json!({"type": "publish", "channel": channel, "data": {"n": 2}, "key": "k1"}))
+        .await;
+    assert_eq!(other["code"], "conflict", "{other}");
+    for node in [&a, &b] {
+        let mut c = Client::connect(&node.ws_url(), Enc::Json).await;
+        let h = c
+            .ok(json!({"type": "history", "channel": channel, "limit": 100}))
+            .await;
+        let keyed = h["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["data"]["n"] == 1)
+            .count();
+        assert_eq!(keyed, 1, "{h}");
+    }
+    a.shutdown().expect("node a stops");
+    b.shutdown().expect("node b stops");
+    delete_streams(&name, &epoch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_was_down_catches_up_from_its_position() {
+    let name = format!("test-{}", ulid::Ulid::new());
+    let (cfg_a, _da) = cluster_config(&name);
+    let (cfg_b, _db) = cluster_config(&name);
+    let a = start(cfg_a);
+    let b = start(cfg_b.clone());
+    let channel = "room:down";
+    let mut pa = Client::connect(&a.ws_url(), Enc::Msgpack).await;
+    let mut pb = Client::connect(&b.ws_url(), Enc::Msgpack).await;
+    let first = publish_when_ready(&mut pa, channel, json!({"i": 0})).await;
+    let epoch = first["epoch"].as_str().unwrap().to_string();
+    publish_when_ready(&mut pb, channel, json!({"i": -1})).await;
+    drop(pb);
+    b.shutdown().expect("node b stops");
+
+    // 10,000 messages while node b is down (pipelined, 200 in flight).
+    const N: u64 = 10_000;
+    let (mut sent, mut acked, mut head) = (0u64, 0u64, 0u64);
+    while acked < N {
+        while sent < N && sent - acked < 200 {
+            sent += 1;
+            pa.send(
+                json!({"v": 1, "type": "publish", "id": sent, "channel": channel,
+                           "data": {"i": sent}}),
+            )
+            .await;
+        }
+        let r = pa.next_frame().await;
+        assert_eq!(r["type"], "reply", "{r}");
+        acked += 1;
+        head = head.max(r["result"]["offset"].as_u64().unwrap());
+    }
+
+    // Node b restarts on its data dir and applies from where it stopped.
+    let b = start(cfg_b);
+    let mut c = Client::connect(&b.ws_url(), Enc::Json).await;
+    let since = json!({"epoch": epoch, "offset": first["offset"]});
+    let r = c
+        .ok(json!({"type": "subscribe", "channel": channel, "since": since}))
+        .await;
+    assert_eq!(r["recovered"], true, "{r}");
+    let mut i_seen = Vec::new();
+    loop {
+        let m = c.next_message().await;
+        i_seen.push(m["data"]["i"].as_i64().unwrap());
+        if m["offset"].as_u64().unwrap() >= head {
+            break;
+        }
+    }
+    let mut expected: Vec<i64> = vec![-1];
+    expected.extend(1..=N as i64);
+    assert_eq!(
+        i_seen, expected,
+        "everything after the position, once, in order"
+    );
+    drop(c);
     a.shutdown().expect("node a stops");
     b.shutdown().expect("node b stops");
     delete_streams(&name, &epoch).await;
