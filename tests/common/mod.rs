@@ -1,6 +1,7 @@
 //! Shared test harness: a real node on port 0 and a small raw WebSocket client speaking both encodings.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod http;
 
 use std::time::Duration;
