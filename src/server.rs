@@ -89,7 +89,10 @@ fn configured_log(config: &Config) -> LogFactory {
     } else {
         config.server.node_id.clone()
     };
-    Box::new(move |_| Ok(Arc::new(crate::cluster::StreamLog::start(cluster, node)) as Arc<dyn Log>))
+    Box::new(move |store| {
+        let log = crate::cluster::StreamLog::start(cluster, node, store.clone());
+        Ok(Arc::new(log) as Arc<dyn Log>)
+    })
 }
 
 fn local_log() -> LogFactory {

@@ -268,3 +268,70 @@ async fn publishes_fail_fast_when_rabbitmq_is_unreachable() {
     assert_eq!(r.json()["status"], "log_unavailable");
     node.shutdown().expect("stops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_position_fell_out_of_retention_records_where_its_history_starts() {
+    let name = format!("test-{}", ulid::Ulid::new());
+    let tiny = |c: &mut herald::config::Config| {
+        // Segments of ~10 KB and 30 KB per shard: retention drops old segments as new ones roll.
+        c.cluster.segment_bytes = 10_000;
+        c.cluster.max_bytes = 30_000;
+        c.cluster.batch_max = 1;
+    };
+    let (mut cfg_a, _da) = cluster_config(&name);
+    let (mut cfg_b, _db) = cluster_config(&name);
+    tiny(&mut cfg_a);
+    tiny(&mut cfg_b);
+    let a = start(cfg_a);
+    let b = start(cfg_b.clone());
+    let channel = "room:trunc";
+    let mut pa = Client::connect(&a.ws_url(), Enc::Msgpack).await;
+    let mut pb = Client::connect(&b.ws_url(), Enc::Msgpack).await;
+    let first = publish_when_ready(&mut pa, channel, json!({"i": 0})).await;
+    let epoch = first["epoch"].as_str().unwrap().to_string();
+    publish_when_ready(&mut pb, channel, json!({"i": -1})).await;
+    drop(pb);
+    b.shutdown().expect("node b stops");
+
+    // Far more than the stream keeps, while node b is away.
+    let pad = "x".repeat(500);
+    let mut last = first.clone();
+    for i in 1..=400 {
+        last = pa.publish(channel, json!({"i": i, "pad": pad})).await;
+    }
+    let b = start(cfg_b);
+    let mut c = Client::connect(&b.ws_url(), Enc::Json).await;
+    // A fresh publish through b proves it caught up with what the stream still has.
+    let mut pb = Client::connect(&b.ws_url(), Enc::Msgpack).await;
+    let after = publish_when_ready(&mut pb, channel, json!({"i": 401})).await;
+    let hub = &b.node().hub;
+    let truncated = hub
+        .store
+        .truncated_below(hub.log.shard_of(channel))
+        .unwrap();
+    eprintln!("node b's history of the shard starts again at {truncated}");
+    assert!(
+        truncated > first["offset"].as_u64().unwrap(),
+        "the truncation was recorded"
+    );
+    // From before the lost part: not recoverable on this node.
+    let before = json!({"epoch": epoch, "offset": first["offset"]});
+    let r = c
+        .ok(json!({"type": "subscribe", "channel": channel, "since": before}))
+        .await;
+    assert_eq!(r["recovered"], false, "{r}");
+    c.ok(json!({"type": "unsubscribe", "channel": channel}))
+        .await;
+    // From inside what it has: recoverable.
+    let recent = json!({"epoch": epoch, "offset": last["offset"]});
+    let r = c
+        .ok(json!({"type": "subscribe", "channel": channel, "since": recent}))
+        .await;
+    assert_eq!(r["recovered"], true, "{r}");
+    let m = c.next_message().await;
+    assert_eq!(m["offset"], after["offset"], "{m}");
+    drop((c, pb));
+    a.shutdown().expect("node a stops");
+    b.shutdown().expect("node b stops");
+    delete_streams(&name, &epoch).await;
+}

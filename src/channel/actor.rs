@@ -386,7 +386,15 @@ impl Handler<Subscribe> for ChannelActor {
                 if msg.may_wait && *pos.epoch == *self.epoch && pos.offset > head {
                     return Err(ChannelError::NotAppliedYet);
                 }
-                let complete = pos.offset == head || oldest.is_some_and(|o| o <= pos.offset + 1);
+                // What the log lost below this node (a cluster node that was away longer than the
+                // stream's retention) cannot be resumed through, whatever the store still holds.
+                let truncated = self
+                    .node
+                    .store
+                    .truncated_below(self.node.log.shard_of(&self.name))
+                    .map_err(|e| ChannelError::Storage(e.to_string()))?;
+                let complete = pos.offset + 1 >= truncated
+                    && (pos.offset == head || oldest.is_some_and(|o| o <= pos.offset + 1));
                 if *pos.epoch == *self.epoch && pos.offset <= head && complete {
                     let replayed = self
                         .node

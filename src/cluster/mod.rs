@@ -86,6 +86,11 @@ pub trait Log: Send + Sync + 'static {
         None
     }
 
+    /// The shard a channel's entries are in.
+    fn shard_of(&self, _channel: &str) -> u32 {
+        0
+    }
+
     /// Whether proposals can be written now (`/readyz`); a cluster log is not while its broker is
     /// unreachable.
     fn is_writable(&self) -> bool {

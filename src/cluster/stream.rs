@@ -36,6 +36,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{Committed, CommittedEntry, Entry, Log, LogError, Placement, Position, Proposal};
 use crate::config::{ClusterConfig, MAX_BATCH};
+use crate::history::Store;
 
 /// Deliveries between two (multiple) acks.
 const ACK_EVERY: u64 = 200;
@@ -105,6 +106,8 @@ struct Pending {
 /// See the module docs.
 pub struct StreamLog {
     cfg: ClusterConfig,
+    /// The node's store: where each shard's applied position, and the id of the entry there, live.
+    store: Store,
     names: StreamNames,
     pending: mpsc::Sender<Pending>,
     /// Whether the publisher is connected (proposals fail at once when not).
@@ -120,7 +123,7 @@ impl StreamLog {
     /// Starts the bridge to RabbitMQ on a thread of its own. Must run inside an actix system. Connecting
     /// happens in the background (and again after every failure): until it succeeds, proposals get
     /// `unavailable` and nothing is applied.
-    pub fn start(cfg: ClusterConfig, node_id: String) -> StreamLog {
+    pub fn start(cfg: ClusterConfig, node_id: String, store: Store) -> StreamLog {
         let owned = actix_rt::Arbiter::new();
         let arbiter = owned.handle();
         let (pending_tx, pending_rx) = mpsc::channel(cfg.max_pending.max(1));
@@ -139,6 +142,7 @@ impl StreamLog {
         ));
         StreamLog {
             cfg,
+            store,
             names,
             pending: pending_tx,
             connected,
@@ -186,11 +190,16 @@ impl Log for StreamLog {
         self.arbiter.spawn(consume(
             self.cfg.clone(),
             self.names.clone(),
+            self.store.clone(),
             self.generation.clone(),
             after.to_vec(),
             tx,
         ));
         futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+    }
+
+    fn shard_of(&self, channel: &str) -> u32 {
+        shard_of(channel, self.cfg.shards)
     }
 
     fn is_writable(&self) -> bool {
@@ -375,10 +384,18 @@ async fn publisher(
     connected: Arc<AtomicBool>,
 ) {
     let mut failures = 0u32;
+    let mut started = false;
     loop {
-        let err = match publish_session(&cfg, &names, &node, &mut pending, &generation, &connected)
-            .await
-        {
+        let session = publish_session(
+            &cfg,
+            &names,
+            &node,
+            &mut pending,
+            &generation,
+            &connected,
+            &mut started,
+        );
+        let err = match session.await {
             Ok(()) => return, // every proposer is gone: the node stopped
             Err(e) => e,
         };
@@ -399,13 +416,35 @@ async fn publish_session(
     pending: &mut mpsc::Receiver<Pending>,
     generation: &watch::Sender<Option<String>>,
     connected: &AtomicBool,
+    started: &mut bool,
 ) -> Result<(), LogError> {
     let conn = connect(cfg).await?;
     let gen = agree_generation(&conn, cfg, names, node).await?;
-    let ch = conn.create_channel().await.map_err(unavailable)?;
+    // When the node starts, it creates the shard streams of the agreed generation if they are missing.
+    // Afterwards (reconnects) it only checks they exist: a node never re-creates a stream at runtime
+    // (a deleted stream must not come back empty under the same name while others hold positions in it).
     for shard in 0..cfg.shards {
-        declare_stream(&ch, &names.shard(&gen, shard), stream_args(cfg, true)).await?;
+        let name = names.shard(&gen, shard);
+        // A throwaway channel each: a failed passive declare closes its channel.
+        let ch = conn.create_channel().await.map_err(unavailable)?;
+        if *started {
+            ch.queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::durable()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| LogError::Unavailable(format!("shard stream {name}: {e}")))?;
+        } else {
+            declare_stream(&ch, &name, stream_args(cfg, true)).await?;
+        }
+        let _ = ch.close(200, "declared".into()).await;
     }
+    *started = true;
+    let ch = conn.create_channel().await.map_err(unavailable)?;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(unavailable)?;
@@ -490,6 +529,7 @@ fn split(batch: Vec<Pending>, max: usize, max_bytes: usize) -> Vec<Vec<Pending>>
 async fn consume(
     cfg: ClusterConfig,
     names: StreamNames,
+    store: Store,
     mut generation: watch::Receiver<Option<String>>,
     after: Vec<u64>,
     tx: mpsc::Sender<Result<CommittedEntry, LogError>>,
@@ -498,7 +538,7 @@ async fn consume(
         Ok(g) => g.clone().unwrap_or_default(),
         Err(_) => return,
     };
-    if let Err(e) = consume_shards(&cfg, &names, &gen, &after, &tx).await {
+    if let Err(e) = consume_shards(&cfg, &names, &store, &gen, &after, &tx).await {
         let _ = tx.send(Err(e)).await;
     }
 }
@@ -506,6 +546,7 @@ async fn consume(
 async fn consume_shards(
     cfg: &ClusterConfig,
     names: &StreamNames,
+    store: &Store,
     gen: &str,
     after: &[u64],
     tx: &mpsc::Sender<Result<CommittedEntry, LogError>>,
@@ -541,6 +582,8 @@ async fn consume_shards(
     last.resize(cfg.shards as usize, 0);
     let mut unacked = vec![0u64; cfg.shards as usize];
     let mut resumed = vec![false; cfg.shards as usize];
+    // Shards whose stream was re-created under this node: nothing more is applied from them.
+    let mut stopped = vec![false; cfg.shards as usize];
     let mut all = futures_util::stream::select_all(streams);
     while let Some((shard, delivery)) = all.next().await {
         let delivery = delivery.map_err(unavailable)?;
@@ -551,16 +594,10 @@ async fn consume_shards(
         let s = shard as usize;
         if !resumed[s] {
             resumed[s] = true;
-            // The first delivery of a resume is past the stored batch: retention truncated the stream
-            // below this node's position (what was in between is lost to this node).
-            if batch_offset(last[s]).is_some_and(|o| offset > o) {
-                tracing::warn!(
-                    shard,
-                    stored = last[s],
-                    first = offset,
-                    "cluster: the stream was truncated below this node's position"
-                );
-            }
+            stopped[s] = !check_resume(store, shard, last[s], offset, &batch)?;
+        }
+        if stopped[s] {
+            continue;
         }
         for (i, entry) in batch.entries.into_iter().enumerate().take(MAX_BATCH) {
             let index = entry_index(offset, i);
@@ -593,6 +630,46 @@ async fn consume_shards(
     Err(LogError::Unavailable(
         "a shard stream ended (deleted?)".into(),
     ))
+}
+
+/// Checks the first delivery of a shard after a resume from `stored` (inclusive, see the module docs):
+/// - at the stored batch, the entry at the stored index must have the stored id: continuity proven;
+/// - a different id there: the stream was re-created; `false` stops the shard (an alarm in the log; a new
+///   epoch comes only through the metadata stream);
+/// - past the stored batch: retention truncated the stream below this node's position; the node records
+///   where its history of the shard starts again, and refuses resumes from before it.
+fn check_resume(
+    store: &Store,
+    shard: u32,
+    stored: u64,
+    offset: u64,
+    batch: &Batch,
+) -> Result<bool, LogError> {
+    let Some(at) = batch_offset(stored) else {
+        return Ok(true); // nothing applied yet: any start is a start
+    };
+    if offset > at {
+        let first = entry_index(offset, 0);
+        tracing::warn!(shard, stored, first, "cluster: the shard stream was truncated below this node's position; resumes from before {first} are not recoverable here");
+        store.record_truncation(shard, first)?;
+        return Ok(true);
+    }
+    if offset < at {
+        return Ok(true); // an earlier batch: its entries are skipped as applied
+    }
+    let expected = store.applied_id(shard)?;
+    let found = batch
+        .entries
+        .get((stored % MAX_BATCH as u64) as usize)
+        .map(|e| e.id.as_str());
+    match (expected.as_deref(), found) {
+        (Some(want), Some(got)) if want == got => Ok(true),
+        (None, _) => Ok(true), // applied before ids were kept
+        (want, got) => {
+            tracing::error!(shard, stored, ?want, ?got, "ALARM cluster: the shard stream was re-created (another entry at this node's position); the shard is stopped on this node");
+            Ok(false)
+        }
+    }
 }
 
 fn stream_offset(props: &BasicProperties) -> Option<u64> {

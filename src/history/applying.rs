@@ -34,7 +34,42 @@ pub(super) fn applied_key(shard: u32) -> Vec<u8> {
     }
 }
 
+/// The cursor key of the id of the last entry applied in `shard` (a cluster log checks continuity with
+/// it when it resumes: the entry at the stored position must still have this id).
+pub(super) fn applied_id_key(shard: u32) -> Vec<u8> {
+    format!("log.applied_id.{shard}").into_bytes()
+}
+
+/// The cursor key of the first index of `shard` this node holds after its log was truncated below it.
+fn truncated_key(shard: u32) -> String {
+    format!("log.truncated.{shard}")
+}
+
 impl Store {
+    /// The id of the last entry applied in `shard`, if any was applied since ids were kept.
+    pub fn applied_id(&self, shard: u32) -> Result<Option<String>, HistoryError> {
+        match self.inner.cursors.get(applied_id_key(shard))? {
+            Some(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
+            None => Ok(None),
+        }
+    }
+
+    /// Records that this node's history of `shard` starts again at `index`: the log lost what lay
+    /// between the position this node had applied and `index` (retention truncated it while the node
+    /// was away). Resumes from before `index` in that shard are not recoverable on this node.
+    pub fn record_truncation(&self, shard: u32, index: u64) -> Result<(), HistoryError> {
+        let key = truncated_key(shard);
+        if self.get_cursor(&key)?.unwrap_or(0) < index {
+            self.set_cursor(&key, index)?;
+        }
+        Ok(())
+    }
+
+    /// The first index of `shard` after the latest truncation this node saw (0: none).
+    pub fn truncated_below(&self, shard: u32) -> Result<u64, HistoryError> {
+        Ok(self.get_cursor(&truncated_key(shard))?.unwrap_or(0))
+    }
+
     /// The last index applied in `shard` of the log (0 before the first).
     pub fn applied_position(&self, shard: u32) -> Result<u64, HistoryError> {
         match self.inner.cursors.get(applied_key(shard))? {
@@ -67,7 +102,7 @@ impl Store {
                     Placement::Dense => entry.id.clone(),
                     Placement::At { epoch, .. } => epoch.clone(),
                 };
-                let st = self.reset_as(&entry.channel, epoch, Some(position))?;
+                let st = self.reset_as(&entry.channel, epoch, Some((position, &entry.id)))?;
                 Ok(Applied::Reset { epoch: st.epoch })
             }
             EntryKind::Publish { data } => {
@@ -116,6 +151,7 @@ impl Store {
                     }
                 }
                 tc.insert(cursor.as_slice(), &pos)?;
+                tc.insert(applied_id_key(position.shard), entry.id.as_bytes())?;
                 let meta = match tmeta.get(channel.as_bytes())? {
                     Some(v) => match keys::decode_meta(&v) {
                         Ok(m) => m,

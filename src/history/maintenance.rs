@@ -148,7 +148,7 @@ impl Store {
         &self,
         channel: &str,
         epoch: String,
-        applied: Option<super::Position>,
+        applied: Option<(super::Position, &str)>,
     ) -> Result<ChannelState, HistoryError> {
         keys::check_channel(channel)?;
         let prefix = keys::channel_prefix(channel);
@@ -173,11 +173,12 @@ impl Store {
                     if tmeta.get(channel.as_bytes())? != before {
                         return Ok(false);
                     }
-                    if let Some(p) = applied {
+                    if let Some((p, id)) = applied {
                         tc.insert(
                             super::applying::applied_key(p.shard),
                             &keys::encode_u64(p.index),
                         )?;
+                        tc.insert(super::applying::applied_id_key(p.shard), id.as_bytes())?;
                     }
                     for k in &leftover_msgs {
                         tm.remove(k)?;
