@@ -121,6 +121,10 @@ pub struct FanoutArgs {
     /// Run every rate even after the limit was crossed
     #[arg(long)]
     pub all_steps: bool,
+    /// Publish through this URL instead of `--url` (a cluster: publisher on one node, subscribers on
+    /// another, so every delivery crosses RabbitMQ)
+    #[arg(long)]
+    pub publish_url: Option<String>,
 }
 
 #[derive(Default, Clone)]
@@ -323,7 +327,11 @@ pub async fn fanout(a: FanoutArgs) -> R<Value> {
             }
         });
     }
-    let publisher = spawn_publisher(t.clone(), channel.clone(), a.size)?;
+    let pt = match &a.publish_url {
+        Some(url) => Target::resolve(url, a.common.proto == "sio").await?,
+        None => t.clone(),
+    };
+    let publisher = spawn_publisher(pt, channel.clone(), a.size)?;
     let mut steps = Vec::new();
     let mut stopped = "all rates done".to_string();
     let mut best: f64 = 0.0;
