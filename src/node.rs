@@ -1,6 +1,6 @@
 //! The state one node shares between its listeners, sessions and channels.
 //!
-//! [`AuthError::REASONS`](crate::auth::AuthError::REASONS) labels `auth_failures`, [`RefusedBy`] labels
+//! [`AuthError::REASONS`](crate::auth::AuthError::REASONS) labels `auth_failures`, [`RefusedBy`](crate::admission::RefusedBy) labels
 //! `connections_refused`.
 //!
 //! Everything here is either immutable (config, ids) or a small thread-safe registry, so sessions on any

@@ -28,9 +28,9 @@ pub struct Stats {
     pub connection_lifetime: Histogram,
     /// From a publish reaching its channel to its delivery to the outboxes (includes the flush).
     pub publish_to_deliver: Histogram,
-    /// Refused handshakes and refreshes, by [`AuthError::REASONS`] index.
+    /// Refused handshakes and refreshes, by [`crate::auth::AuthError::REASONS`] index.
     pub auth_failures: [AtomicU64; crate::auth::AuthError::REASONS.len()],
-    /// Refused handshakes, by [`RefusedBy::index`] (every reason: Origin, subprotocol, draining, token,
+    /// Refused handshakes, by [`RefusedBy::index`](crate::admission::RefusedBy::index) (every reason: Origin, subprotocol, draining, token,
     /// connection limits, connect rate).
     pub connections_refused: [AtomicU64; RefusedBy::ALL.len()],
     /// `join`/`leave` frames not sent because their channel was over `channel.join_leave_per_second`.

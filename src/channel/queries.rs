@@ -155,7 +155,7 @@ impl Handler<ResetHistory> for ChannelActor {
     type Result = ResponseFuture<Result<String, ChannelError>>;
 
     /// Proposes a reset entry; the applier deletes the history and tells this actor the new epoch
-    /// ([`super::applier::ResetApplied`]) before the answer arrives. Subscribers still catching up in the
+    /// (`ResetApplied`, from the applier) before the answer arrives. Subscribers still catching up in the
     /// old epoch continue from the start of the new one (the history they were reading is gone).
     fn handle(&mut self, _msg: ResetHistory, _ctx: &mut Self::Context) -> Self::Result {
         let _span = self.span.clone().entered();

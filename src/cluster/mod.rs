@@ -12,7 +12,9 @@
 //! gives offsets and epochs so every node computes the same ones. The log is injected into the node, so tests can run a node on a log
 //! that delays, batches, re-delivers or fails entries.
 
+mod consumer;
 mod local;
+mod publisher;
 mod stream;
 
 use futures_util::future::BoxFuture;
