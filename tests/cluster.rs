@@ -261,8 +261,14 @@ async fn publishes_fail_fast_when_rabbitmq_is_unreachable() {
         "fast: {:?}",
         t0.elapsed()
     );
-    // Subscribing still works; the node says it cannot take publishes.
-    c.subscribe("x:y").await;
+    // A node that never reached RabbitMQ does not know the cluster's epochs: a new channel's subscribe
+    // is `unavailable` too, rather than an epoch of its own that the cluster would not share. (A node
+    // that was connected keeps serving subscribes, history and resume during an outage: see
+    // tests/cluster_broker.rs.)
+    let r = c
+        .request(json!({"type": "subscribe", "channel": "x:y"}))
+        .await;
+    assert_eq!(r["code"], "unavailable", "{r}");
     let r = common::http::http(node.admin_addr, "GET", "/readyz", None, None).await;
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.json()["status"], "log_unavailable");

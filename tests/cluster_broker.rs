@@ -177,6 +177,17 @@ async fn rabbitmq_restarted_mid_traffic_loses_and_doubles_nothing_acknowledged()
         }
     }
     assert!(refused > 0, "publishes during the outage are refused");
+    // During the outage, resume and history keep working within what the node applied.
+    let mut late = Client::connect(&b.ws_url(), Enc::Json).await;
+    let r = late
+        .ok(json!({"type": "subscribe", "channel": channel, "since": since}))
+        .await;
+    assert_eq!(r["recovered"], true, "resume during the outage: {r}");
+    let h = late
+        .ok(json!({"type": "history", "channel": channel, "limit": 10}))
+        .await;
+    assert_eq!(h["messages"].as_array().map(Vec::len), Some(10), "{h}");
+    drop(late);
     tokio::task::block_in_place(|| rabbit.start());
     let back = Instant::now();
     let mut after = 0;

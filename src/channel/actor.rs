@@ -58,19 +58,22 @@ pub struct ChannelActor {
 
 impl ChannelActor {
     /// Loads the channel's state from the store.
-    pub fn load(name: Arc<str>, node: Arc<Hub>) -> Result<Self, HistoryError> {
+    pub fn load(name: Arc<str>, node: Arc<Hub>) -> Result<Self, ChannelError> {
+        let store_err = |e: HistoryError| ChannelError::from_store(&e);
         // A channel this node has no history of: in a cluster its epoch is the log's (every node must
-        // agree); a local log lets the store mint one.
-        let state = match node.store.peek_state(&name)? {
+        // agree, so none is minted here; before the cluster's generation is known there is none yet);
+        // a local log lets the store mint one.
+        let state = match node.store.peek_state(&name).map_err(store_err)? {
             Some(s) => s,
-            None => match node.log.epoch_for(&name) {
+            None if node.log.decides_epochs() => match node.log.epoch_for(&name) {
                 Some(epoch) => crate::history::ChannelState {
                     epoch,
                     head: 0,
                     oldest: None,
                 },
-                None => node.store.channel_state(&name)?,
+                None => return Err(ChannelError::Unavailable),
             },
+            None => node.store.channel_state(&name).map_err(store_err)?,
         };
         let ns = node.config.namespace(namespace_of(&name));
         let join_leave_budget = ns.join_leave.then(|| {

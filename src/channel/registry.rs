@@ -60,8 +60,7 @@ impl Registry {
             return Err(ChannelError::Unavailable);
         }
         let name: Arc<str> = Arc::from(name);
-        let actor = ChannelActor::load(name.clone(), node.clone())
-            .map_err(|e| ChannelError::Storage(e.to_string()))?;
+        let actor = ChannelActor::load(name.clone(), node.clone())?;
         let mut h = DefaultHasher::new();
         name.hash(&mut h);
         let arbiter = &self.arbiters[(h.finish() as usize) % self.arbiters.len()];

@@ -82,8 +82,13 @@ pub trait Log: Send + Sync + 'static {
     /// the store, so it may forget them.
     fn applied(&self, position: Position);
 
-    /// The epoch a channel with no history yet belongs to, when the log decides epochs
-    /// ([`Placement::At`]); `None` lets the store mint one (a local log).
+    /// Whether the log decides epochs ([`Placement::At`]); if not, the store mints them.
+    fn decides_epochs(&self) -> bool {
+        false
+    }
+
+    /// The epoch a channel with no history yet belongs to, when the log decides epochs; `None` while the
+    /// log does not know it yet.
     fn epoch_for(&self, _channel: &str) -> Option<String> {
         None
     }

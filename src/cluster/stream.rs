@@ -200,6 +200,10 @@ impl Log for StreamLog {
         self.is_connected()
     }
 
+    fn decides_epochs(&self) -> bool {
+        true
+    }
+
     fn epoch_for(&self, channel: &str) -> Option<String> {
         let generation = self.generation.borrow().clone()?;
         Some(format!(
