@@ -16,7 +16,7 @@ use actix::Recipient;
 use crate::admission::{Admission, RefusalLog};
 use crate::auth::Authenticator;
 use crate::channel::{Evict, Hub, Registry};
-use crate::cluster::Log;
+use crate::cluster::{Heartbeat, Log, Membership};
 use crate::config::Config;
 use crate::history::Store;
 
@@ -80,6 +80,12 @@ pub struct Node {
     pub refusal_log: RefusalLog,
     pub sessions: Sessions,
     pub started_at: SystemTime,
+    /// Changes every time the process starts (membership tells a restarted node from a silent one).
+    pub incarnation: String,
+    /// The other nodes of the cluster, as heard on the bus (empty on a single node).
+    pub membership: Membership,
+    /// The client and admin listener addresses, once bound.
+    pub addresses: std::sync::OnceLock<(String, String)>,
 }
 
 impl std::ops::Deref for Node {
@@ -111,6 +117,27 @@ impl Node {
             hub: Arc::new(Hub::new(config, store, log, channels)),
             sessions: Sessions::default(),
             started_at: SystemTime::now(),
+            incarnation: ulid::Ulid::new().to_string(),
+            membership: Membership::default(),
+            addresses: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// What this node says about itself on the cluster bus.
+    pub fn heartbeat(&self, version: u64) -> Heartbeat {
+        let (address, admin_address) = self.addresses.get().cloned().unwrap_or_default();
+        Heartbeat {
+            node: self.id.clone(),
+            incarnation: self.incarnation.clone(),
+            version,
+            address,
+            admin_address,
+            connections: Stats::get(&self.stats.sessions).max(0) as u64,
+            subscriptions: Stats::get(&self.stats.subscriptions).max(0) as u64,
+            applied: self
+                .store
+                .applied_positions(self.log.shards())
+                .unwrap_or_default(),
         }
     }
 }

@@ -170,7 +170,21 @@ async fn run_inner(
 ) -> Result<(), ServerError> {
     admin::log_token_status(&config);
     let node = build_node_with(config, make_log)?;
+    let _ = node.addresses.set((
+        listeners.client.local_addr()?.to_string(),
+        listeners.admin.local_addr()?.to_string(),
+    ));
     crate::channel::start_applier(node.hub.clone(), &node.channels.applier_arbiter());
+    if node.config.cluster.enabled {
+        let source: crate::cluster::HeartbeatSource = {
+            let node = node.clone();
+            Arc::new(move |version| node.heartbeat(version))
+        };
+        let (cfg, membership) = (node.config.cluster.clone(), node.membership.clone());
+        actix::Actor::start_in_arbiter(&node.channels.applier_arbiter(), move |_| {
+            crate::cluster::Bus::new(cfg, source, membership)
+        });
+    }
     crate::channel::start_sweeper(node.hub.clone());
     let workers = threads(node.config.server.workers);
     let data = web::Data::new(node.clone());

@@ -53,6 +53,7 @@ async fn read_until(c: &mut Client, upto: u64, seen: &mut Vec<(u64, i64)>) -> Op
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_a_node_loses_nothing_acknowledged() {
     let cluster = format!("test-{}", ulid::Ulid::new());
+    let _cleanup = common::cluster::StreamsGuard(cluster.clone());
     let base = tempfile::tempdir().unwrap();
     let dir = |n: &str| base.path().join(n);
     for d in ["cwd", "n1", "n2", "n3"] {

@@ -87,6 +87,23 @@ pub fn render(node: &Node) -> String {
         started,
     );
 
+    // Cluster membership (a single node counts itself).
+    let me = node.heartbeat(0);
+    let members = node.membership.members(&me);
+    o.gauge(
+        "herald_cluster_nodes",
+        "Nodes alive as this node sees them (itself included; a node unheard for 3 heartbeats is dead).",
+        members.iter().filter(|m| m.alive).count(),
+    );
+    o.head(
+        "herald_cluster_shard_lag",
+        "gauge",
+        "Log indexes this node is behind the most advanced alive node, per shard (an AMQP message is 256 indexes).",
+    );
+    for (shard, lag) in node.membership.lag(&me).iter().enumerate() {
+        let _ = writeln!(o.0, "herald_cluster_shard_lag{{shard=\"{shard}\"}} {lag}");
+    }
+
     // Connections.
     let sessions = Stats::get(&s.sessions).max(0);
     o.gauge("herald_connections", "Open client connections.", sessions);

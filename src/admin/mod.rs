@@ -61,6 +61,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/disconnect", web::post().to(sessions::disconnect))
                 .route("/connections", web::get().to(sessions::connections))
                 .route("/node", web::get().to(node_info::node))
+                .route("/cluster", web::get().to(node_info::cluster))
                 .route("/openapi.json", web::get().to(openapi::handler))
                 .default_service(web::to(error::not_found)),
         )

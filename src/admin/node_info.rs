@@ -135,6 +135,74 @@ pub(crate) async fn node(node: NodeData) -> Result<HttpResponse, ApiError> {
     }))
 }
 
+/// One node of the cluster as this node sees it.
+#[derive(Serialize, Deserialize, ToSchema, Debug)]
+pub struct MemberView {
+    pub node_id: String,
+    /// Changes every time the node process starts.
+    pub incarnation: String,
+    /// `self` (the node answering), `alive`, or `dead` (unheard for 3 heartbeats).
+    pub state: String,
+    pub last_seen_ms: u64,
+    pub address: String,
+    pub admin_address: String,
+    pub connections: u64,
+    pub subscriptions: u64,
+    /// Last log index applied, per shard.
+    pub applied: Vec<u64>,
+}
+
+/// The cluster as this node sees it.
+#[derive(Serialize, Deserialize, ToSchema, Debug)]
+pub struct ClusterView {
+    pub enabled: bool,
+    pub name: String,
+    pub heartbeat_ms: u64,
+    pub dead_after_ms: u64,
+    pub nodes: Vec<MemberView>,
+    /// Per shard, how many log indexes this node is behind the most advanced alive node.
+    pub lag: Vec<u64>,
+}
+
+/// Cluster membership: every node heard on the bus, with its state, load and applied positions.
+#[utoipa::path(get, path = "/api/cluster", tag = "node",
+    responses((status = 200, body = ClusterView), (status = 401, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn cluster(node: NodeData) -> HttpResponse {
+    let me = node.heartbeat(0);
+    let nodes = node
+        .membership
+        .members(&me)
+        .into_iter()
+        .map(|m| MemberView {
+            state: if m.me {
+                "self"
+            } else if m.alive {
+                "alive"
+            } else {
+                "dead"
+            }
+            .to_string(),
+            node_id: m.heartbeat.node,
+            incarnation: m.heartbeat.incarnation,
+            last_seen_ms: m.last_seen_ms,
+            address: m.heartbeat.address,
+            admin_address: m.heartbeat.admin_address,
+            connections: m.heartbeat.connections,
+            subscriptions: m.heartbeat.subscriptions,
+            applied: m.heartbeat.applied,
+        })
+        .collect();
+    HttpResponse::Ok().json(ClusterView {
+        enabled: node.config.cluster.enabled,
+        name: node.config.cluster.name.clone(),
+        heartbeat_ms: crate::cluster::HEARTBEAT.as_millis() as u64,
+        dead_after_ms: crate::cluster::DEAD_AFTER.as_millis() as u64,
+        lag: node.membership.lag(&me),
+        nodes,
+    })
+}
+
 /// Liveness: 200 while the process serves HTTP.
 #[utoipa::path(get, path = "/healthz", tag = "probes", responses((status = 200, description = "process up")))]
 pub(crate) async fn healthz() -> HttpResponse {

@@ -28,6 +28,7 @@ use super::{channels, error, metrics, node_info, publish, sessions};
         sessions::connections,
         sessions::disconnect,
         node_info::node,
+        node_info::cluster,
         node_info::healthz,
         node_info::readyz,
         metrics::handler,

@@ -12,6 +12,7 @@
 //! gives offsets and epochs so every node computes the same ones. The log is injected into the node, so tests can run a node on a log
 //! that delays, batches, re-delivers or fails entries.
 
+mod bus;
 mod consumer;
 mod local;
 mod publisher;
@@ -21,6 +22,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
 pub use crate::history::{Entry, EntryKind, Placement, Position};
+pub use bus::{Bus, Heartbeat, HeartbeatSource, Member, Membership, DEAD_AFTER, HEARTBEAT};
 pub use local::LocalLog;
 pub use stream::{entry_index, shard_of, StreamLog, StreamNames};
 

@@ -63,3 +63,29 @@ pub async fn publish_when_ready(c: &mut Client, channel: &str, data: Value) -> V
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Deletes every stream of a test cluster when dropped, also when the test failed half-way (through
+/// `rabbitmqctl`, which lists them by name; tests that pass delete them with [`delete_streams`] too).
+pub struct StreamsGuard(pub String);
+
+impl Drop for StreamsGuard {
+    fn drop(&mut self) {
+        let prefix = format!("herald.{}.", self.0);
+        let Ok(out) = std::process::Command::new("rabbitmqctl")
+            .args(["list_queues", "name", "--quiet"])
+            .output()
+        else {
+            return;
+        };
+        for q in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+        {
+            let _ = std::process::Command::new("rabbitmqctl")
+                .args(["delete_queue", q])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
