@@ -380,8 +380,12 @@ mod tests {
 
     #[test]
     fn shards_are_stable_and_spread() {
-        // Fixed values: a change here moves channels between shards of a running cluster.
-        assert_eq!(shard_of("chat:room1", 8), shard_of("chat:room1", 8));
+        // Fixed values (SHA-256, first 8 bytes big-endian, mod shards; checked with Python's hashlib):
+        // a change here moves channels between shards of a running cluster.
+        assert_eq!(shard_of("chat:room1", 8), 3);
+        assert_eq!(shard_of("room:one", 8), 1);
+        assert_eq!(shard_of("a", 8), 2);
+        assert_eq!(shard_of("chat:room1", 1024), 555);
         let counts = (0..800).fold([0u32; 8], |mut acc, i| {
             acc[shard_of(&format!("ch{i}"), 8) as usize] += 1;
             acc
