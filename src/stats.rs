@@ -26,7 +26,9 @@ pub struct Stats {
     pub history_trimmed: AtomicU64,
     /// Lifetime of closed connections.
     pub connection_lifetime: Histogram,
-    /// From a publish reaching its channel to its delivery to the outboxes (includes the flush).
+    /// From a publish (its entry's timestamp) to its message entering its channel's feed, where
+    /// subscribers' writers pick it up (includes the log commit and the apply). Observed only for
+    /// channels with an actor.
     pub publish_to_deliver: Histogram,
     /// Refused handshakes and refreshes, by [`crate::auth::AuthError::REASONS`] index.
     pub auth_failures: [AtomicU64; crate::auth::AuthError::REASONS.len()],

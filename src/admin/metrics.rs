@@ -176,7 +176,7 @@ pub fn render(node: &Node) -> String {
     );
     o.histogram(
         "herald_publish_to_deliver_seconds",
-        "From a publish reaching its channel to its delivery to the outboxes (includes the flush).",
+        "From a publish to its message entering its channel's feed, where subscribers' writers pick it up (includes the log commit and the apply).",
         &s.publish_to_deliver.snapshot(),
     );
 
