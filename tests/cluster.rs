@@ -459,3 +459,127 @@ async fn nodes_see_each_other_and_a_stopped_node_turns_dead() {
     }
     delete_streams(&name, &epoch).await;
 }
+
+/// One AMQP message of a shard stream, as herald writes it (`cluster/stream.rs`, `Batch`).
+#[derive(serde::Serialize)]
+struct RawBatch {
+    node: String,
+    entries: Vec<herald::cluster::Entry>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_stream_recreated_under_a_node_stops_that_shard_there() {
+    let name = format!("test-{}", ulid::Ulid::new());
+    let _cleanup = StreamsGuard(name.clone());
+    let (mut cfg, _d) = cluster_config(&name);
+    cfg.cluster.batch_max = 1;
+    let node = start(cfg.clone());
+    let channel = "room:recreated";
+    let mut p = Client::connect(&node.ws_url(), Enc::Json).await;
+    let mut last = publish_when_ready(&mut p, channel, json!({"i": 0})).await;
+    for i in 1..=5 {
+        last = p.publish(channel, json!({"i": i})).await;
+    }
+    let epoch = last["epoch"].as_str().unwrap().to_string();
+    let shard = node.node().hub.log.shard_of(channel);
+    drop(p);
+    node.shutdown().expect("node stops");
+
+    // Someone deletes the shard stream and creates it again, and other entries fill it past this
+    // node's stored position.
+    let generation = epoch.split('.').next().unwrap();
+    let stream = herald::cluster::StreamNames {
+        cluster: name.clone(),
+    }
+    .shard(generation, shard);
+    let conn = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_delete(stream.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    // The same arguments herald declares its streams with (else the node's own declare fails).
+    let mut args = lapin::types::FieldTable::default();
+    use lapin::types::AMQPValue;
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    args.insert(
+        "x-max-age".into(),
+        AMQPValue::LongString(format!("{}s", cfg.cluster.max_age_secs).into()),
+    );
+    args.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(cfg.cluster.max_bytes as i64),
+    );
+    args.insert(
+        "x-stream-max-segment-size-bytes".into(),
+        AMQPValue::LongLongInt(cfg.cluster.segment_bytes as i64),
+    );
+    ch.queue_declare(
+        stream.as_str().into(),
+        lapin::options::QueueDeclareOptions::durable(),
+        args,
+    )
+    .await
+    .unwrap();
+    for i in 0..20 {
+        let mut data = Vec::new();
+        rmpv::encode::write_value(
+            &mut data,
+            &rmpv::Value::Map(vec![("foreign".into(), rmpv::Value::from(i))]),
+        )
+        .unwrap();
+        let batch = RawBatch {
+            node: "elsewhere".into(),
+            entries: vec![herald::cluster::Entry {
+                id: ulid::Ulid::new().to_string(),
+                ts: herald::protocol::now_ms(),
+                channel: channel.into(),
+                publisher: "anonymous".into(),
+                from: None,
+                key: None,
+                kind: herald::cluster::EntryKind::Publish { data },
+            }],
+        };
+        ch.basic_publish(
+            "".into(),
+            stream.as_str().into(),
+            Default::default(),
+            &rmp_serde::to_vec_named(&batch).unwrap(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let _ = conn.close(200, "done".into()).await;
+
+    // The node restarts: another entry sits at its stored position, so it applies nothing of that shard
+    // (other shards go on: a publish to a channel of another shard is applied).
+    let node = start(cfg);
+    let other = (0..)
+        .map(|i| format!("room:other{i}"))
+        .find(|c| node.node().hub.log.shard_of(c) != shard)
+        .unwrap();
+    let mut c = Client::connect(&node.ws_url(), Enc::Json).await;
+    publish_when_ready(&mut c, &other, json!(1)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let h = c
+        .ok(json!({"type": "history", "channel": channel, "limit": 100}))
+        .await;
+    let foreign = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["data"]["foreign"].is_number())
+        .count();
+    assert_eq!(
+        foreign, 0,
+        "nothing of the re-created stream was applied: {h}"
+    );
+    assert_eq!(h["head"], last["offset"], "{h}");
+    drop(c);
+    node.shutdown().expect("node stops");
+}
