@@ -45,7 +45,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# node N CLUSTER(true|false) -> prints the ws URL; the pid goes to PIDS
+# node N CLUSTER(true|false): starts it and sets URL to its ws URL; the pid goes to PIDS (not called in
+# a command substitution: a subshell would lose the pid, and the node would outlive the script).
 start_node() {
   local n=$1 cluster=$2
   HERALD_AUTH__ANONYMOUS=true HERALD_LIMITS__MESSAGES_PER_SECOND=10000000 \
@@ -59,7 +60,7 @@ start_node() {
     grep -q "^herald listening" "$WORK/n$n-$cluster.out" 2>/dev/null && break
     sleep 0.1
   done
-  sed -n 's/^herald listening ws=\([^ ]*\) .*/ws:\/\/\1\/ws/p' "$WORK/n$n-$cluster.out"
+  URL=$(sed -n 's/^herald listening ws=\([^ ]*\) .*/ws:\/\/\1\/ws/p' "$WORK/n$n-$cluster.out")
 }
 
 fanout() { # label url [publish-url]
@@ -79,12 +80,15 @@ publish_rate() { # label url
 }
 
 echo "== single node" >&2
-U0=$(start_node 0 false)
+start_node 0 false
+U0=$URL
 fanout single "$U0"
 publish_rate single "$U0"
 echo "== two-node cluster $NAME" >&2
-U1=$(start_node 1 true)
-U2=$(start_node 2 true)
+start_node 1 true
+U1=$URL
+start_node 2 true
+U2=$URL
 # Wait until both nodes publish (connected, generation agreed).
 for u in "$U1" "$U2"; do
   for _ in $(seq 1 100); do

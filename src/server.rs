@@ -269,6 +269,9 @@ async fn run_inner(
     let _ = client_task.await;
     let _ = admin_task.await;
     node.channels.stop();
+    // The log's own threads (the cluster bridge) stop too, so nothing of this node talks to RabbitMQ
+    // after it stopped (several nodes may live in one process: tests).
+    node.log.stop();
     tracing::info!("shutdown complete");
     Ok(())
 }

@@ -100,6 +100,9 @@ pub trait Log: Send + Sync + 'static {
         0
     }
 
+    /// Stops the log's background work at node shutdown.
+    fn stop(&self) {}
+
     /// Whether proposals can be written now (`/readyz`); a cluster log is not while its broker is
     /// unreachable.
     fn is_writable(&self) -> bool {

@@ -200,6 +200,10 @@ impl Log for StreamLog {
         self.is_connected()
     }
 
+    fn stop(&self) {
+        self.arbiter.stop();
+    }
+
     fn decides_epochs(&self) -> bool {
         true
     }
