@@ -80,7 +80,15 @@ async fn commit_unapplied(data_dir: &std::path::Path, channel: &str, first_i: u6
     store.close().expect("closed");
 }
 
-async fn resume_after_restart(resume_wait_ms: u64) -> (serde_json::Value, Vec<u64>, Duration) {
+/// A node restarted on a log with 5 committed entries it has not applied (its applier starts 1.5 s
+/// late), and the epoch of the channel `wait:a`.
+async fn restarted_node(
+    resume_wait_ms: u64,
+) -> (
+    herald::server::RunningNode,
+    serde_json::Value,
+    tempfile::TempDir,
+) {
     let (mut cfg, dir) = test_config();
     cfg.session.resume_wait_ms = resume_wait_ms;
     let channel = "wait:a";
@@ -106,10 +114,16 @@ async fn resume_after_restart(resume_wait_ms: u64) -> (serde_json::Value, Vec<u6
         }),
     )
     .expect("node restarts");
+    (node, last["epoch"].clone(), dir)
+}
+
+async fn resume_after_restart(resume_wait_ms: u64) -> (serde_json::Value, Vec<u64>, Duration) {
+    let (node, epoch, _dir) = restarted_node(resume_wait_ms).await;
+    let channel = "wait:a";
     let mut c = Client::connect(&node.ws_url(), Enc::Json).await;
     let t0 = Instant::now();
     // Offset 13: committed before the restart, not applied by this node yet.
-    let since = json!({"epoch": last["epoch"], "offset": 13});
+    let since = json!({"epoch": epoch, "offset": 13});
     let reply = c
         .ok(json!({"type": "subscribe", "channel": channel, "since": since}))
         .await;
@@ -148,4 +162,36 @@ async fn the_wait_is_bounded() {
         waited >= Duration::from_millis(300) && waited < Duration::from_millis(1400),
         "answered after the bound, before the applier caught up: {waited:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsubscribe_during_the_wait_still_answers_the_subscribe() {
+    let (node, epoch, _dir) = restarted_node(5_000).await;
+    let mut c = Client::connect(&node.ws_url(), Enc::Json).await;
+    let since = json!({"epoch": epoch, "offset": 13});
+    c.send(json!({"v": 1, "type": "subscribe", "id": "s", "channel": "wait:a", "since": since}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.send(json!({"v": 1, "type": "unsubscribe", "id": "u", "channel": "wait:a"}))
+        .await;
+    let mut answers = Vec::new();
+    while answers.len() < 2 {
+        let f = c.next_frame().await;
+        answers.push(f);
+    }
+    let sub = answers
+        .iter()
+        .find(|f| f["id"] == "s")
+        .expect("the subscribe is answered");
+    assert_eq!(sub["type"], "error", "{sub}");
+    assert_eq!(sub["code"], "not_subscribed", "{sub}");
+    let unsub = answers
+        .iter()
+        .find(|f| f["id"] == "u")
+        .expect("the unsubscribe is answered");
+    assert_eq!(unsub["type"], "reply", "{unsub}");
+    // Nothing of the channel follows.
+    let extra = tokio::time::timeout(Duration::from_millis(2_000), c.next_frame()).await;
+    assert!(extra.is_err(), "{extra:?}");
+    shutdown(node).await;
 }

@@ -48,6 +48,16 @@ fn channel_error(id: &RequestId, e: &ChannelError) -> (FrameError, Option<u64>) 
     )
 }
 
+/// The answer to a subscribe that was still waiting to resume when the client unsubscribed.
+fn ended_while_waiting(id: &RequestId) -> (FrameError, Option<u64>) {
+    let err = FrameError::new(
+        Some(id.clone()),
+        ErrorCode::NotSubscribed,
+        "unsubscribed before the subscription was established",
+    );
+    (err, None)
+}
+
 fn mailbox_error(id: &RequestId) -> (FrameError, Option<u64>) {
     channel_error(id, &ChannelError::Unavailable)
 }
@@ -255,10 +265,15 @@ impl Session {
                         ctx.run_later(RESUME_RETRY, move |act, ctx| {
                             if act.attempts.get(&a.channel) == Some(&a.number) {
                                 act.send_subscribe(a, slot, ctx);
+                            } else {
+                                // Unsubscribed while waiting: the subscribe still gets its answer.
+                                drop(slot);
+                                act.fail(ended_while_waiting(&a.id), ctx);
                             }
                         });
                         return;
                     }
+                    Ok(Err(ChannelError::NotAppliedYet)) => Some(ended_while_waiting(&a.id)),
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => Some(channel_error(&a.id, &e)),
                     Err(_) => Some(mailbox_error(&a.id)),
