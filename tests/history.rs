@@ -39,14 +39,6 @@ fn u(v: &Value) -> u64 {
         .unwrap_or_else(|| panic!("not an unsigned integer: {v}"))
 }
 
-/// Shuts a node down without blocking the test's runtime.
-async fn shutdown(node: herald::server::RunningNode) {
-    tokio::task::spawn_blocking(move || node.shutdown())
-        .await
-        .unwrap()
-        .expect("clean shutdown");
-}
-
 /// Publishes `count` messages `{"i": first_i + k}` on `channel`, keeping up to `window` publishes in
 /// flight, and returns the replies in request order as `(offset, id, epoch)`. `progress` counts replies.
 async fn publish_pipelined(

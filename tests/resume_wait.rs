@@ -50,13 +50,6 @@ impl Log for LateLog {
     }
 }
 
-async fn shutdown(node: herald::server::RunningNode) {
-    tokio::task::spawn_blocking(move || node.shutdown())
-        .await
-        .unwrap()
-        .expect("clean shutdown");
-}
-
 /// Commits `n` publish entries for `channel` straight to the log of the data dir (the node is stopped).
 async fn commit_unapplied(data_dir: &std::path::Path, channel: &str, first_i: u64, n: u64) {
     let (store, _) = Store::open(&StoreConfig::new(data_dir.join("history"))).expect("store");

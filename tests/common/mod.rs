@@ -34,6 +34,14 @@ pub fn test_config() -> (Config, tempfile::TempDir) {
     (c, dir)
 }
 
+/// Stops an in-process node gracefully (its shutdown blocks, so it runs off the async workers).
+pub async fn shutdown(node: RunningNode) {
+    tokio::task::spawn_blocking(move || node.shutdown())
+        .await
+        .unwrap()
+        .expect("clean shutdown");
+}
+
 pub fn start(config: Config) -> RunningNode {
     spawn(config).expect("node starts")
 }
