@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use crate::cluster::ClusterState;
 use crate::config::LimitsConfig;
 
 /// Why a connection was refused, with the advice sent back.
@@ -175,6 +176,8 @@ pub struct Admission {
     max_total: usize,
     max_per_ip: usize,
     max_per_user: usize,
+    /// Connection counts of the other nodes (per user), and where this node's go.
+    cluster: Arc<ClusterState>,
     ipv6_prefix_len: u8,
     started: Instant,
     /// Milliseconds after `started` of the last housekeeping.
@@ -182,7 +185,9 @@ pub struct Admission {
 }
 
 impl Admission {
-    pub fn new(limits: &LimitsConfig) -> Arc<Admission> {
+    /// `cluster` holds the other nodes' per-user counts (empty on a single node): the per-user limit
+    /// counts a user's connections on every node, as last heard on the bus.
+    pub fn new(limits: &LimitsConfig, cluster: Arc<ClusterState>) -> Arc<Admission> {
         let per_sec = NonZeroU32::new(limits.connects_per_second_per_ip).unwrap_or(NonZeroU32::MIN);
         Arc::new(Admission {
             counts: Mutex::new(Counts::default()),
@@ -190,6 +195,7 @@ impl Admission {
             max_total: limits.max_connections,
             max_per_ip: limits.max_connections_per_ip,
             max_per_user: limits.max_connections_per_user,
+            cluster,
             ipv6_prefix_len: limits.ipv6_prefix_len.clamp(1, 128),
             started: Instant::now(),
             last_housekeeping_ms: AtomicU64::new(0),
@@ -258,7 +264,8 @@ impl Admission {
             }
         }
         if let Some(u) = &user {
-            if c.per_user.get(u).copied().unwrap_or(0) >= self.max_per_user {
+            let here = c.per_user.get(u).copied().unwrap_or(0) as u64;
+            if here + self.cluster.remote_connections(u) >= self.max_per_user as u64 {
                 return Err(Refusal::PerUser);
             }
         }
@@ -267,7 +274,9 @@ impl Admission {
             *c.per_ip.entry(ip).or_default() += 1;
         }
         if let Some(u) = &user {
-            *c.per_user.entry(u.clone()).or_default() += 1;
+            let n = c.per_user.entry(u.clone()).or_default();
+            *n += 1;
+            self.cluster.local_connections(u, *n as u64);
         }
         Ok(Ticket {
             admission: self.clone(),
@@ -316,6 +325,7 @@ impl Drop for Ticket {
         if let Some(u) = &self.user {
             if let Some(n) = c.per_user.get_mut(u) {
                 *n -= 1;
+                self.admission.cluster.local_connections(u, *n as u64);
                 if *n == 0 {
                     c.per_user.remove(u);
                 }
@@ -335,7 +345,7 @@ mod tests {
             max_connections_per_user: 1,
             ..LimitsConfig::default()
         };
-        let a = Admission::new(&limits);
+        let a = Admission::new(&limits, ClusterState::new(false));
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let t1 = a.admit(Some(ip), None).unwrap();
         let _t2 = a.admit(Some(ip), Some("u".into())).unwrap();
@@ -357,7 +367,7 @@ mod tests {
             connects_per_second_per_ip: 3,
             ..LimitsConfig::default()
         };
-        let a = Admission::new(&limits);
+        let a = Admission::new(&limits, ClusterState::new(false));
         let host = |n: u16| -> IpAddr { format!("2001:db8:1:2::{n:x}").parse().unwrap() };
         let _t1 = a.admit(Some(host(1)), None).unwrap();
         let _t2 = a.admit(Some(host(2)), None).unwrap();
@@ -415,7 +425,7 @@ mod tests {
             connects_per_second_per_ip: 1000,
             ..LimitsConfig::default()
         };
-        let a = Admission::new(&limits);
+        let a = Admission::new(&limits, ClusterState::new(false));
         for n in 0..500u32 {
             a.check_rate(Some(IpAddr::from(n.to_be_bytes()))).unwrap();
         }

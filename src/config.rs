@@ -501,7 +501,7 @@ impl Config {
             );
         }
         // Ranges that would otherwise overflow a timer or an allocation, or hang the node.
-        let ranges: [(&str, u64, u64, u64); 22] = [
+        let ranges: [(&str, u64, u64, u64); 23] = [
             (
                 "server.shutdown_grace_ms",
                 self.server.shutdown_grace_ms,
@@ -548,6 +548,12 @@ impl Config {
                 self.cluster.max_pending as u64,
                 1,
                 10_000_000,
+            ),
+            (
+                "cluster.admin_timeout_ms",
+                self.cluster.admin_timeout_ms,
+                50,
+                60_000,
             ),
             (
                 "session.resume_wait_ms",

@@ -16,7 +16,7 @@ use actix::Recipient;
 use crate::admission::{Admission, RefusalLog};
 use crate::auth::Authenticator;
 use crate::channel::{Evict, Hub, Registry};
-use crate::cluster::{Heartbeat, Log, Membership};
+use crate::cluster::{Bus, Heartbeat, Log, Membership};
 use crate::config::Config;
 use crate::history::Store;
 
@@ -86,6 +86,9 @@ pub struct Node {
     pub membership: Membership,
     /// The client and admin listener addresses, once bound.
     pub addresses: std::sync::OnceLock<(String, String)>,
+    /// The cluster bus, once started (never on a single node): the admin API asks the other nodes
+    /// through it.
+    pub bus: std::sync::OnceLock<actix::Addr<Bus>>,
 }
 
 impl std::ops::Deref for Node {
@@ -109,17 +112,19 @@ impl Node {
         } else {
             config.server.node_id.clone()
         };
+        let hub = Arc::new(Hub::new(config.clone(), store, log, channels));
         Node {
             id,
-            admission: Admission::new(&config.limits),
+            admission: Admission::new(&config.limits, hub.cluster_state.clone()),
             refusal_log: RefusalLog::default(),
             auth,
-            hub: Arc::new(Hub::new(config, store, log, channels)),
+            hub,
             sessions: Sessions::default(),
             started_at: SystemTime::now(),
             incarnation: ulid::Ulid::new().to_string(),
             membership: Membership::default(),
             addresses: std::sync::OnceLock::new(),
+            bus: std::sync::OnceLock::new(),
         }
     }
 
@@ -138,6 +143,8 @@ impl Node {
                 .store
                 .applied_positions(self.log.shards())
                 .unwrap_or_default(),
+            queue: String::new(),
+            state_version: 0,
         }
     }
 }

@@ -176,14 +176,7 @@ async fn run_inner(
     ));
     crate::channel::start_applier(node.hub.clone(), &node.channels.applier_arbiter());
     if node.config.cluster.enabled {
-        let source: crate::cluster::HeartbeatSource = {
-            let node = node.clone();
-            Arc::new(move |version| node.heartbeat(version))
-        };
-        let (cfg, membership) = (node.config.cluster.clone(), node.membership.clone());
-        actix::Actor::start_in_arbiter(&node.channels.applier_arbiter(), move |_| {
-            crate::cluster::Bus::new(cfg, source, membership)
-        });
+        start_bus(&node);
     }
     crate::channel::start_sweeper(node.hub.clone());
     let workers = threads(node.config.server.workers);
@@ -274,6 +267,32 @@ async fn run_inner(
     node.log.stop();
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Starts the cluster bus on the applier thread: membership, presence across nodes, and the admin API's
+/// questions to the other nodes.
+fn start_bus(node: &Arc<Node>) {
+    let hooks = crate::cluster::BusHooks {
+        heartbeat: {
+            let node = node.clone();
+            Arc::new(move |version| node.heartbeat(version))
+        },
+        membership: node.membership.clone(),
+        state: node.cluster_state.clone(),
+        answer: admin::answerer(node.clone()),
+    };
+    // Weak: the hub owns the sink (through its cluster state), which must not keep the hub alive.
+    let hub = Arc::downgrade(&node.hub);
+    node.cluster_state.set_sink(Arc::new(move |events| {
+        if let Some(hub) = hub.upgrade() {
+            crate::channel::deliver_remote_presence(&hub, events)
+        }
+    }));
+    let cfg = node.config.cluster.clone();
+    let bus = actix::Actor::start_in_arbiter(&node.channels.applier_arbiter(), move |_| {
+        crate::cluster::Bus::new(cfg, hooks)
+    });
+    let _ = node.bus.set(bus);
 }
 
 /// A node running on its own thread, for tests and tools.

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::params::{self, DEFAULT_LIMIT, MAX_LIMIT};
+use super::scatter;
 use super::{ApiError, NodeData};
 use crate::channel::{history_page, namespace_of, ChannelInfo, History, Inspect, ResetHistory};
 use crate::history::ChannelState;
@@ -24,8 +25,10 @@ pub struct ChannelSummary {
     pub namespace: String,
     /// Whether a channel actor is running for it (it has subscribers or recent traffic).
     pub active: bool,
-    /// Current subscribers (0 when not active).
+    /// Current subscribers on every node that answered (this node's are 0 when not active here).
     pub subscribers: usize,
+    /// Subscribers per node that answered, this node included.
+    pub subscribers_by_node: std::collections::BTreeMap<String, usize>,
     /// Epoch of the channel's history (ULID); changes when history is lost or reset.
     pub epoch: String,
     /// Offset of the last durable message (0 if none).
@@ -47,6 +50,8 @@ pub struct ChannelList {
     pub channels: Vec<ChannelSummary>,
     /// Pass as `cursor` to get the next page; null on the last page.
     pub next_cursor: Option<String>,
+    /// Nodes that did not answer within `cluster.admin_timeout_ms`: their subscribers are not counted.
+    pub not_answering: Vec<String>,
 }
 
 /// Namespace options in force for a channel.
@@ -90,10 +95,13 @@ pub struct ChannelDetail {
     pub options: NamespaceView,
     /// Messages appended but not yet durable.
     pub pending: usize,
-    /// A page of subscribers, ordered by session id.
+    /// A page of this node's subscribers, ordered by session id (other nodes' are counted in
+    /// `subscribers_by_node`; ask their admin API for the list).
     pub subscribers_page: Vec<SubscriberView>,
     /// Pass as `cursor` for the next page of subscribers; null on the last page.
     pub next_cursor: Option<String>,
+    /// Nodes that did not answer within `cluster.admin_timeout_ms`: their subscribers are not counted.
+    pub not_answering: Vec<String>,
 }
 
 /// Query of `GET /api/channels`.
@@ -171,7 +179,7 @@ pub struct Member {
 #[derive(Serialize, Deserialize, ToSchema, Debug)]
 pub struct PresenceView {
     pub channel: String,
-    /// Sessions subscribed, ordered by session id.
+    /// Sessions subscribed on every node (others as heard on the cluster bus), ordered by session id.
     pub members: Vec<Member>,
     /// Distinct non-null users among the members.
     pub users: usize,
@@ -186,7 +194,7 @@ pub struct ResetView {
 }
 
 fn summary(
-    store: &crate::history::Store,
+    node: &Node,
     name: &str,
     stored: Option<&ChannelState>,
     live: Option<&ChannelInfo>,
@@ -201,11 +209,14 @@ fn summary(
         .filter(|s| s.epoch == epoch)
         .and_then(|s| s.oldest)
         .filter(|o| *o <= head);
+    let store = &node.store;
+    let here = live.map_or(0, |i| i.subscribers.len());
     ChannelSummary {
         name: name.to_string(),
         namespace: namespace_of(name).to_string(),
         active: live.is_some(),
-        subscribers: live.map_or(0, |i| i.subscribers.len()),
+        subscribers: here,
+        subscribers_by_node: [(node.id.clone(), here)].into(),
         epoch,
         head,
         oldest,
@@ -218,6 +229,22 @@ fn summary(
         bytes: None,
         last_publish_ms: live.and_then(|i| i.last_publish_ms),
     }
+}
+
+/// Adds the other nodes' subscribers to each summary; returns the nodes that did not answer.
+async fn add_other_nodes(node: &Node, summaries: &mut [ChannelSummary]) -> Vec<String> {
+    let channels = summaries.iter().map(|c| c.name.clone()).collect();
+    let gathered = scatter::ask(node, &scatter::Question::Subscribers { channels }).await;
+    for (other, answer) in gathered.answers {
+        let scatter::Answer::Subscribers(counts) = answer else {
+            continue;
+        };
+        for (summary, n) in summaries.iter_mut().zip(counts) {
+            summary.subscribers += n;
+            summary.subscribers_by_node.insert(other.clone(), n);
+        }
+    }
+    gathered.not_answering
 }
 
 /// Asks the live actor of `name`, if any, for its state. A channel that stops meanwhile counts as inactive.
@@ -266,8 +293,10 @@ pub(crate) async fn list(
     let channels: Vec<ChannelSummary> = page
         .iter()
         .zip(&lives)
-        .map(|((name, st), live)| summary(&node.store, name, Some(st), live.as_ref()))
+        .map(|((name, st), live)| summary(&node, name, Some(st), live.as_ref()))
         .collect();
+    let mut channels = channels;
+    let not_answering = add_other_nodes(&node, &mut channels).await;
     let next_cursor = if more {
         channels.last().map(|c| c.name.clone())
     } else {
@@ -276,6 +305,7 @@ pub(crate) async fn list(
     Ok(HttpResponse::Ok().json(ChannelList {
         channels,
         next_cursor,
+        not_answering,
     }))
 }
 
@@ -292,7 +322,8 @@ pub(crate) async fn detail(
 ) -> Result<HttpResponse, ApiError> {
     let limit = params::limit(&q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let (stored, live) = known(&node, &name).await?;
-    let summary = summary(&node.store, &name, stored.as_ref(), live.as_ref());
+    let mut summary = summary(&node, &name, stored.as_ref(), live.as_ref());
+    let not_answering = add_other_nodes(&node, std::slice::from_mut(&mut summary)).await;
     let options = match &live {
         Some(i) => i.options.clone(),
         None => node.config.namespace(namespace_of(&name)),
@@ -329,6 +360,7 @@ pub(crate) async fn detail(
         pending: live.as_ref().map_or(0, |i| i.pending),
         subscribers_page,
         next_cursor,
+        not_answering,
     }))
 }
 
@@ -389,7 +421,7 @@ pub(crate) async fn presence(
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let (_, live) = known(&node, &name).await?;
-    let members: Vec<Member> = live
+    let mut members: Vec<Member> = live
         .map(|i| i.subscribers)
         .unwrap_or_default()
         .into_iter()
@@ -398,6 +430,13 @@ pub(crate) async fn presence(
             user: s.user,
         })
         .collect();
+    members.extend(
+        node.cluster_state
+            .remote_members(&name)
+            .into_iter()
+            .map(|(session, user)| Member { session, user }),
+    );
+    members.sort_by(|a, b| a.session.cmp(&b.session));
     let users = members
         .iter()
         .filter_map(|m| m.user.as_deref())

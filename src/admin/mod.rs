@@ -9,7 +9,8 @@
 //! Layout: `auth.rs` (bearer token), `error.rs` (JSON errors, 400 for bad parameters), `params.rs` (query
 //! parameters), `channels.rs` (channel listing, inspection, history, presence, reset), `publish.rs` (server
 //! publish), `sessions.rs` (connections, disconnect), `node_info.rs` (node summary, probes), `metrics.rs`
-//! (Prometheus text), `openapi.rs` (the generated OpenAPI 3 document). `docs/operations.md` is the human-readable reference.
+//! (Prometheus text), `scatter.rs` (asking the other nodes of a cluster), `openapi.rs` (the generated OpenAPI 3
+//! document). `docs/operations.md` is the human-readable reference.
 
 mod auth;
 mod channels;
@@ -19,6 +20,7 @@ mod node_info;
 mod openapi;
 mod params;
 mod publish;
+mod scatter;
 mod sessions;
 
 use std::sync::Arc;
@@ -31,6 +33,7 @@ pub use auth::log_token_status;
 pub use error::ApiError;
 pub use metrics::render as render_metrics;
 pub use openapi::ApiDoc;
+pub use scatter::answerer;
 
 /// The node as admin handlers receive it (`app_data` of the admin `App`).
 pub(crate) type NodeData = web::Data<Arc<Node>>;

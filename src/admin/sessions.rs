@@ -3,7 +3,8 @@
 //! Exists so operators can find a user's connections and close them. Both read the node's session registry
 //! (ids, users, peers, connection times) and act only by message: a disconnect sends each session actor an
 //! [`Evict`](crate::channel::Evict), and the session sends its client a `disconnect` frame and the close
-//! itself.
+//! itself. In a cluster a disconnect reaches every node ([`super::scatter`]); the connection listing is
+//! this node's.
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::params::{self, DEFAULT_LIMIT, MAX_LIMIT};
 use super::{ApiError, NodeData};
 use crate::channel::Evict;
+use crate::node::Node;
 use crate::protocol::CloseCode;
 
 /// Longest close reason: a WebSocket close frame carries at most 123 bytes of reason.
@@ -67,15 +69,21 @@ pub struct DisconnectRequest {
     pub reason: Option<String>,
 }
 
-/// How many sessions were told to close.
+/// How many sessions were told to close, on every node.
 #[derive(Serialize, Deserialize, ToSchema, Debug)]
 pub struct DisconnectResponse {
+    /// Sessions told to close, cluster-wide.
     pub disconnected: usize,
+    /// Their ids, ordered.
     pub sessions: Vec<String>,
+    /// Sessions told to close per node (this node included, even at 0).
+    pub by_node: std::collections::BTreeMap<String, usize>,
+    /// Nodes that did not answer within `cluster.admin_timeout_ms` (their sessions may still be open).
+    pub not_answering: Vec<String>,
 }
 
 /// Whom a disconnect is for.
-enum Target<'a> {
+pub(super) enum Target<'a> {
     User(&'a str),
     Session(&'a str),
 }
@@ -164,20 +172,20 @@ pub(crate) async fn disconnect(
             ))
         }
     };
-    let mut sessions = Vec::new();
-    for (id, entry) in node.sessions.snapshot() {
-        if !target.matches(&id, entry.user.as_deref()) {
-            continue;
-        }
-        let evict = Evict {
-            code,
-            reason: req.reason.clone(),
-        };
-        // A session whose actor is gone is closing anyway; it is not counted. `do_send` (not `try_send`)
-        // so a busy session's full mailbox cannot drop an operator's disconnect.
-        if entry.evict.connected() {
-            entry.evict.do_send(evict);
-            sessions.push(id.to_string());
+    let mut sessions = disconnect_here(&node, &target, code, req.reason.clone());
+    let mut by_node = std::collections::BTreeMap::new();
+    by_node.insert(node.id.clone(), sessions.len());
+    let question = super::scatter::Question::Disconnect {
+        user: req.user.clone(),
+        session: req.session.clone(),
+        code: code.code(),
+        reason: req.reason.clone(),
+    };
+    let gathered = super::scatter::ask(&node, &question).await;
+    for (other, answer) in gathered.answers {
+        if let super::scatter::Answer::Disconnected(ids) = answer {
+            by_node.insert(other, ids.len());
+            sessions.extend(ids);
         }
     }
     sessions.sort();
@@ -186,10 +194,39 @@ pub(crate) async fn disconnect(
         session = req.session.as_deref(),
         code = code.code(),
         count = sessions.len(),
+        not_answering = gathered.not_answering.len(),
         "admin disconnect"
     );
     Ok(HttpResponse::Ok().json(DisconnectResponse {
         disconnected: sessions.len(),
         sessions,
+        by_node,
+        not_answering: gathered.not_answering,
     }))
+}
+
+/// Tells this node's sessions matching `target` to close; returns their ids.
+pub(super) fn disconnect_here(
+    node: &Node,
+    target: &Target<'_>,
+    code: CloseCode,
+    reason: Option<String>,
+) -> Vec<String> {
+    let mut sessions = Vec::new();
+    for (id, entry) in node.sessions.snapshot() {
+        if !target.matches(&id, entry.user.as_deref()) {
+            continue;
+        }
+        let evict = Evict {
+            code,
+            reason: reason.clone(),
+        };
+        // A session whose actor is gone is closing anyway; it is not counted. `do_send` (not `try_send`)
+        // so a busy session's full mailbox cannot drop an operator's disconnect.
+        if entry.evict.connected() {
+            entry.evict.do_send(evict);
+            sessions.push(id.to_string());
+        }
+    }
+    sessions
 }

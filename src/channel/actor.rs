@@ -18,7 +18,7 @@ use super::applier::{Delivered, ResetApplied};
 use super::cursor::{Cursor, CursorShared};
 use super::feed::{Feed, WindowItem};
 use super::Hub;
-use super::{ChannelError, Evict, Outbox, Subscribe, Unsubscribe};
+use super::{ChannelError, Evict, Outbox, RemotePresence, Subscribe, Unsubscribe};
 use crate::config::NamespaceOptions;
 use crate::history::{HistoryError, Retention, StoredMessage};
 use crate::protocol::{self, encode, results, CloseCode, Outgoing, PresenceBody, ServerFrame};
@@ -152,6 +152,7 @@ impl ChannelActor {
         let sub = self.subscribers.remove(session)?;
         sub.cursor.cancel();
         Stats::gauge(&self.node.stats.subscriptions, -1);
+        self.node.cluster_state.local_leave(&self.name, session);
         if announce && self.ns.join_leave {
             self.announce(false, session, sub.user.as_deref());
         }
@@ -298,8 +299,9 @@ impl Actor for ChannelActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        for s in self.subscribers.values() {
+        for (id, s) in &self.subscribers {
             s.cursor.cancel();
+            self.node.cluster_state.local_leave(&self.name, id);
         }
         Stats::gauge(&self.node.stats.catching_up, -self.behind);
         Stats::gauge(&self.node.stats.channels, -1);
@@ -443,6 +445,9 @@ impl Handler<Subscribe> for ChannelActor {
             },
         );
         Stats::gauge(&self.node.stats.subscriptions, 1);
+        self.node
+            .cluster_state
+            .local_join(&self.name, &session, user.as_deref());
         if outbox.try_attach(frame, cursor).is_err() {
             self.remove_subscriber(&session, false);
             evict.do_send(Evict {
@@ -455,6 +460,21 @@ impl Handler<Subscribe> for ChannelActor {
             self.announce(true, &session, user.as_deref());
         }
         Ok(())
+    }
+}
+
+impl Handler<RemotePresence> for ChannelActor {
+    type Result = ();
+
+    /// Members of other nodes joined or left: the local subscribers hear it like a local change.
+    fn handle(&mut self, msg: RemotePresence, _ctx: &mut Self::Context) {
+        let _span = self.span.clone().entered();
+        if !self.ns.join_leave {
+            return;
+        }
+        for e in msg.0 {
+            self.announce(e.join, &e.session, e.user.as_deref());
+        }
     }
 }
 

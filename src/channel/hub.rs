@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::{Applier, Registry};
-use crate::cluster::Log;
+use crate::cluster::{ClusterState, Log};
 use crate::config::Config;
 use crate::history::Store;
 use crate::stats::Stats;
@@ -27,12 +27,15 @@ pub struct Hub {
     /// probes the CPU (cpuid), which showed up at ~2% of the server's CPU when every connection built
     /// its own.
     pub clock: governor::clock::DefaultClock,
+    /// Presence and connection counts shared with the other nodes (records nothing on a single node).
+    pub cluster_state: Arc<ClusterState>,
     draining: AtomicBool,
 }
 
 impl Hub {
     pub fn new(config: Arc<Config>, store: Store, log: Arc<dyn Log>, channels: Registry) -> Self {
         Hub {
+            cluster_state: ClusterState::new(config.cluster.enabled),
             config,
             store,
             log,

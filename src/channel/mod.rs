@@ -26,7 +26,7 @@ pub use applier::{publish, start_applier, Applier};
 pub use cursor::Cursor;
 pub use hub::Hub;
 pub use outbox::{Item, Outbox, OutboxError, OutboxReceiver};
-pub use queries::{history_page, presence_members};
+pub use queries::{history_page, presence_count, presence_members, presence_page, PRESENCE_PAGE};
 pub use registry::Registry;
 pub use sweeper::start_sweeper;
 
@@ -135,6 +135,25 @@ pub struct Published {
     pub id: String,
     pub epoch: String,
     pub offset: u64,
+}
+
+/// Members that joined or left on other nodes: the channel tells its subscribers (`join`/`leave`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RemotePresence(pub Vec<crate::cluster::PresenceEvent>);
+
+/// Hands remote presence events to the channels that have an actor here (a channel without one has no
+/// subscriber to tell). The node's presence sink.
+pub fn deliver_remote_presence(hub: &Hub, events: Vec<crate::cluster::PresenceEvent>) {
+    let mut by_channel: std::collections::HashMap<String, Vec<_>> = Default::default();
+    for e in events {
+        by_channel.entry(e.channel.clone()).or_default().push(e);
+    }
+    for (name, events) in by_channel {
+        if let Some(addr) = hub.channels.get(&name) {
+            addr.do_send(RemotePresence(events));
+        }
+    }
 }
 
 /// Lists the sessions present.

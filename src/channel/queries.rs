@@ -80,8 +80,47 @@ fn stored_page(store: &Store, name: &str, q: History) -> Result<HistoryPage, Cha
     })
 }
 
-/// The sessions subscribed to `name` (session, user); empty when no actor runs for it.
+/// Largest (and default) page of `presence`.
+pub const PRESENCE_PAGE: usize = 1000;
+
+/// The sessions subscribed to `name` on this node and, in a cluster, on every other node heard on the
+/// bus (session, user), ordered by session. Empty when nobody is subscribed anywhere.
 pub async fn presence_members(
+    node: &Arc<Hub>,
+    name: &str,
+) -> Result<Vec<(String, Option<String>)>, ChannelError> {
+    let mut members = local_presence(node, name).await?;
+    members.extend(node.cluster_state.remote_members(name));
+    members.sort();
+    Ok(members)
+}
+
+/// A page of [`presence_members`]: the members after the session `after`, at most `limit` (capped at
+/// [`PRESENCE_PAGE`]), and the `after` of the next page when more follow.
+pub async fn presence_page(
+    node: &Arc<Hub>,
+    name: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<(String, Option<String>)>, Option<String>), ChannelError> {
+    let limit = limit.clamp(1, PRESENCE_PAGE);
+    let members = presence_members(node, name).await?;
+    let start = after.map_or(0, |a| members.partition_point(|(s, _)| s.as_str() <= a));
+    let rest = &members[start..];
+    let page: Vec<_> = rest.iter().take(limit).cloned().collect();
+    let next = (rest.len() > limit).then(|| page.last().map(|(s, _)| s.clone()));
+    Ok((page, next.flatten()))
+}
+
+/// How many sessions and distinct users are present in `name` across the cluster.
+pub async fn presence_count(node: &Arc<Hub>, name: &str) -> Result<(usize, usize), ChannelError> {
+    let members = presence_members(node, name).await?;
+    let users: std::collections::HashSet<&str> =
+        members.iter().filter_map(|(_, u)| u.as_deref()).collect();
+    Ok((members.len(), users.len()))
+}
+
+async fn local_presence(
     node: &Arc<Hub>,
     name: &str,
 ) -> Result<Vec<(String, Option<String>)>, ChannelError> {

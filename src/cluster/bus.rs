@@ -1,19 +1,24 @@
-//! The cluster bus and membership: which nodes are alive, with what load and how far each has applied.
+//! The cluster bus: ephemeral state between nodes (membership, presence, connection counts) and
+//! questions every node answers for itself (the admin API's scatter-gather).
 //!
 //! Ephemeral state does not belong in the streams (replays after a restart and retention would fight
 //! with leases), so it travels on a bus: a fanout exchange `herald.<cluster>.bus` with one exclusive,
-//! auto-delete queue per node. Every node publishes a [`Heartbeat`] every [`HEARTBEAT`] (id, incarnation,
-//! a version, addresses, load, applied position per shard) and keeps the latest heartbeat of every node
-//! it hears. A node unheard for [`DEAD_AFTER`] (3 heartbeats) is dead. The [`Bus`] actor keeps its own
-//! link to RabbitMQ (reconnecting with backoff); while the link is down the table ages and peers turn
-//! dead, which is what this node can honestly say about them.
+//! auto-delete queue per node. Frames are MessagePack [`BusFrame`]s. Every frame of one node leaves in
+//! the order it was queued (one publishing task at a time), so a receiver sees a node's presence
+//! batches, snapshots and heartbeats in the order the node produced them; [`super::presence`] relies on
+//! it. Answers to a question go straight to the asker's queue (named in its heartbeat). The [`Bus`]
+//! keeps its own link to RabbitMQ (reconnecting with backoff); frames queued while it is down are
+//! dropped: heartbeats carry the presence version, so peers notice what they missed and ask for a
+//! snapshot.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
+use lapin::message::Delivery;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
@@ -21,141 +26,137 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
+use super::membership::{Heartbeat, Membership, HEARTBEAT};
+use super::presence::{Changes, ClusterState, Heard, Snapshot};
 use super::stream::{backoff, connect, unavailable};
 use super::LogError;
 use crate::config::ClusterConfig;
 
-/// How often a node says it is alive.
-pub const HEARTBEAT: Duration = Duration::from_secs(1);
-/// A node unheard for this long is dead.
-pub const DEAD_AFTER: Duration = Duration::from_secs(3);
-
-/// What a node says about itself on the bus.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Heartbeat {
-    pub node: String,
-    /// Changes every time the node process starts.
-    pub incarnation: String,
-    /// Increases with every heartbeat of one incarnation.
-    pub version: u64,
-    /// Client (WebSocket) and admin listener addresses.
-    pub address: String,
-    pub admin_address: String,
-    pub connections: u64,
-    pub subscriptions: u64,
-    /// The last log index applied, per shard.
-    pub applied: Vec<u64>,
-}
-
-/// A node as this node sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    pub heartbeat: Heartbeat,
-    pub alive: bool,
-    /// Whether this is the node answering.
-    pub me: bool,
-    pub last_seen_ms: u64,
-}
-
-/// The table of nodes heard on the bus. Cheap to clone.
-#[derive(Clone, Default)]
-pub struct Membership {
-    inner: Arc<Mutex<HashMap<String, (Heartbeat, Instant)>>>,
-}
-
-impl Membership {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, (Heartbeat, Instant)>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records a heartbeat (a newer incarnation replaces an older one; an older version is ignored).
-    pub fn heard(&self, hb: Heartbeat) {
-        let mut t = self.lock();
-        let newer = match t.get(&hb.node) {
-            Some((old, _)) => old.incarnation != hb.incarnation || old.version <= hb.version,
-            None => true,
-        };
-        if newer {
-            t.insert(hb.node.clone(), (hb, Instant::now()));
-        }
-    }
-
-    /// Every node heard, with `me` (always alive: it is answering) first, then by id.
-    pub fn members(&self, me: &Heartbeat) -> Vec<Member> {
-        let now = Instant::now();
-        let mut out: Vec<Member> = self
-            .lock()
-            .values()
-            .filter(|(hb, _)| hb.node != me.node)
-            .map(|(hb, seen)| {
-                let age = now.saturating_duration_since(*seen);
-                Member {
-                    heartbeat: hb.clone(),
-                    alive: age < DEAD_AFTER,
-                    me: false,
-                    last_seen_ms: age.as_millis() as u64,
-                }
-            })
-            .collect();
-        out.sort_by(|a, b| a.heartbeat.node.cmp(&b.heartbeat.node));
-        out.insert(
-            0,
-            Member {
-                heartbeat: me.clone(),
-                alive: true,
-                me: true,
-                last_seen_ms: 0,
-            },
-        );
-        out
-    }
-
-    /// Per shard, how many log indexes `me` is behind the most advanced alive node.
-    pub fn lag(&self, me: &Heartbeat) -> Vec<u64> {
-        let members = self.members(me);
-        me.applied
-            .iter()
-            .enumerate()
-            .map(|(s, mine)| {
-                let top = members
-                    .iter()
-                    .filter(|m| m.alive)
-                    .filter_map(|m| m.heartbeat.applied.get(s))
-                    .max()
-                    .copied()
-                    .unwrap_or(0);
-                top.saturating_sub(*mine)
-            })
-            .collect()
-    }
-}
+/// How often queued presence changes are sent (they are batched in between).
+pub const FLUSH_EVERY: Duration = Duration::from_millis(20);
+/// How often dead nodes' presence is expired.
+pub const EXPIRE_EVERY: Duration = Duration::from_millis(250);
+/// A snapshot is asked of one node at most this often.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
 
 /// Builds this node's heartbeat (load and positions read when it is sent).
 pub type HeartbeatSource = Arc<dyn Fn(u64) -> Heartbeat + Send + Sync>;
+/// Answers a question of another node (the bodies are the asker's business: the admin API's).
+pub type Answerer = Arc<dyn Fn(Vec<u8>) -> BoxFuture<'static, Vec<u8>> + Send + Sync>;
 
-/// The bus member of this node: publishes its heartbeat and records everybody's. An actix actor on the
-/// node's applier thread.
+/// What travels on the bus.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum BusFrame {
+    Heartbeat(Heartbeat),
+    Changes(Changes),
+    /// Asks `node` (of `incarnation`) for a full snapshot of its presence and counts.
+    SnapshotWanted {
+        node: String,
+    },
+    Snapshot {
+        node: String,
+        incarnation: String,
+        version: u64,
+        snapshot: Snapshot,
+    },
+    /// A question to every node; answers go to the queue `reply_to`.
+    Ask {
+        id: u64,
+        from: String,
+        reply_to: String,
+        body: Vec<u8>,
+    },
+    Answer {
+        id: u64,
+        node: String,
+        body: Vec<u8>,
+    },
+}
+
+/// One node's part of the answer to an [`Ask`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAnswer {
+    pub node: String,
+    /// `None`: the node did not answer in time (or is dead).
+    pub body: Option<Vec<u8>>,
+}
+
+/// Asks every other node a question; answers within `timeout`, naming every node that did not answer.
+#[derive(Message)]
+#[rtype(result = "Vec<NodeAnswer>")]
+pub struct Ask {
+    pub body: Vec<u8>,
+    pub timeout: Duration,
+}
+
+/// What the bus needs from its node.
+pub struct BusHooks {
+    pub heartbeat: HeartbeatSource,
+    pub membership: Membership,
+    pub state: Arc<ClusterState>,
+    pub answer: Answerer,
+}
+
+struct Link {
+    conn: Arc<Connection>,
+    channel: Channel,
+    queue: String,
+    generation: u64,
+}
+
+struct Pending {
+    waiting: HashSet<String>,
+    answers: Vec<NodeAnswer>,
+    done: Option<oneshot::Sender<Vec<NodeAnswer>>>,
+}
+
+/// The bus member of this node. An actix actor on the node's applier thread.
 pub struct Bus {
     cfg: ClusterConfig,
-    source: HeartbeatSource,
-    membership: Membership,
+    hooks: BusHooks,
+    me: String,
+    incarnation: String,
     version: u64,
-    link: Option<(Arc<Connection>, Channel)>,
+    link: Option<Link>,
+    generation: u64,
     connecting: bool,
     failures: u32,
+    /// Frames waiting to be published: (exchange, routing key, body).
+    out: VecDeque<(String, String, Vec<u8>)>,
+    sending: bool,
+    snapshot_due: bool,
+    asked: HashMap<String, Instant>,
+    next_ask: u64,
+    asks: HashMap<u64, Pending>,
+}
+
+enum Incoming {
+    /// A frame's body, or why the consumer failed.
+    Frame(u64, Result<Vec<u8>, String>),
+    End(u64),
 }
 
 impl Bus {
-    pub fn new(cfg: ClusterConfig, source: HeartbeatSource, membership: Membership) -> Self {
+    pub fn new(cfg: ClusterConfig, hooks: BusHooks) -> Self {
+        let hb = (hooks.heartbeat)(0);
         Bus {
             cfg,
-            source,
-            membership,
+            hooks,
+            me: hb.node,
+            incarnation: hb.incarnation,
             version: 0,
             link: None,
+            generation: 0,
             connecting: false,
             failures: 0,
+            out: VecDeque::new(),
+            sending: false,
+            snapshot_due: false,
+            asked: HashMap::new(),
+            next_ask: 1,
+            asks: HashMap::new(),
         }
     }
 
@@ -170,7 +171,6 @@ impl Bus {
         self.connecting = true;
         let cfg = self.cfg.clone();
         let exchange = self.exchange();
-        let membership = self.membership.clone();
         let setup = async move {
             let conn = connect(&cfg).await?;
             let ch = conn.create_channel().await.map_err(unavailable)?;
@@ -219,30 +219,32 @@ impl Bus {
                 )
                 .await
                 .map_err(unavailable)?;
-            let heard = consumer.filter_map(move |d| {
-                let membership = membership.clone();
-                async move {
-                    let d = d.ok()?;
-                    let hb: Heartbeat = rmp_serde::from_slice(&d.data).ok()?;
-                    membership.heard(hb);
-                    None::<()>
-                }
-            });
-            Ok::<_, LogError>((Arc::new(conn), ch, heard))
+            Ok::<_, LogError>((Arc::new(conn), ch, queue.name().to_string(), consumer))
         };
         ctx.spawn(setup.into_actor(self).map(|res, act, ctx| {
             act.connecting = false;
             match res {
-                Ok((conn, ch, heard)) => {
+                Ok((conn, channel, queue, consumer)) => {
                     act.failures = 0;
-                    act.link = Some((conn, ch));
-                    // Drains the bus queue; it ends when the connection does.
-                    ctx.spawn(
-                        heard
-                            .for_each(|_| async {})
-                            .into_actor(act)
-                            .map(|_, act, ctx| act.link_down("the bus consumer ended", ctx)),
+                    act.generation += 1;
+                    let generation = act.generation;
+                    act.link = Some(Link {
+                        conn,
+                        channel,
+                        queue,
+                        generation,
+                    });
+                    let end = futures_util::stream::once(async move { Incoming::End(generation) });
+                    ctx.add_stream(
+                        consumer
+                            .map(move |d: Result<Delivery, lapin::Error>| {
+                                let body = d.map(|d| d.data).map_err(|e| e.to_string());
+                                Incoming::Frame(generation, body)
+                            })
+                            .chain(end),
                     );
+                    // Peers learn our queue at once, and ask for our snapshot.
+                    act.beat(ctx);
                 }
                 Err(e) => act.link_down(&e.to_string(), ctx),
             }
@@ -252,45 +254,209 @@ impl Bus {
     fn link_down(&mut self, why: &str, ctx: &mut Context<Self>) {
         tracing::warn!(error = why, "cluster bus: not connected");
         self.link = None;
+        self.out.clear();
         let wait = backoff(self.failures);
         self.failures = self.failures.saturating_add(1);
         ctx.run_later(wait, |act, ctx| act.connect(ctx));
     }
 
-    fn beat(&mut self, ctx: &mut Context<Self>) {
-        self.version += 1;
-        let hb = (self.source)(self.version);
-        self.membership.heard(hb.clone());
-        let Some((conn, ch)) = &self.link else {
+    /// Queues a frame for `key` on `exchange` (the bus exchange for everyone, `""` with a queue name
+    /// for one node) and starts publishing.
+    fn send(&mut self, exchange: String, key: String, frame: &BusFrame, ctx: &mut Context<Self>) {
+        if self.link.is_none() {
+            return;
+        }
+        match rmp_serde::to_vec_named(frame) {
+            Ok(body) => self.out.push_back((exchange, key, body)),
+            Err(e) => tracing::error!(error = %e, "cluster bus: a frame could not be encoded"),
+        }
+        self.pump(ctx);
+    }
+
+    fn broadcast(&mut self, frame: &BusFrame, ctx: &mut Context<Self>) {
+        let exchange = self.exchange();
+        self.send(exchange, String::new(), frame, ctx);
+    }
+
+    /// Publishes the queued frames in order, one task at a time.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.sending || self.out.is_empty() {
+            return;
+        }
+        let Some(link) = &self.link else {
+            self.out.clear();
             return;
         };
-        if !conn.status().connected() {
+        if !link.conn.status().connected() {
             return self.link_down("the bus connection closed", ctx);
         }
-        let Ok(body) = rmp_serde::to_vec_named(&hb) else {
-            return;
-        };
-        let ch = ch.clone();
-        let exchange = self.exchange();
+        let batch: Vec<_> = self.out.drain(..).collect();
+        let channel = link.channel.clone();
+        self.sending = true;
         ctx.spawn(
             async move {
-                ch.basic_publish(
-                    exchange.as_str().into(),
-                    "".into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    BasicProperties::default(),
-                )
-                .await
-                .map(|_| ())
+                for (exchange, key, body) in batch {
+                    channel
+                        .basic_publish(
+                            exchange.as_str().into(),
+                            key.as_str().into(),
+                            BasicPublishOptions::default(),
+                            &body,
+                            BasicProperties::default(),
+                        )
+                        .await?;
+                }
+                Ok::<_, lapin::Error>(())
             }
             .into_actor(self)
             .map(|res, act, ctx| {
-                if let Err(e) = res {
-                    act.link_down(&e.to_string(), ctx);
+                act.sending = false;
+                match res {
+                    Ok(()) => act.pump(ctx),
+                    Err(e) => act.link_down(&e.to_string(), ctx),
                 }
             }),
         );
+    }
+
+    /// Sends queued presence changes (and a snapshot when one was asked for); returns the version
+    /// they reach.
+    fn flush(&mut self, ctx: &mut Context<Self>) -> u64 {
+        let state = self.hooks.state.clone();
+        if self.snapshot_due && self.link.is_some() {
+            self.snapshot_due = false;
+            let (snapshot, version) = state.snapshot();
+            let frame = BusFrame::Snapshot {
+                node: self.me.clone(),
+                incarnation: self.incarnation.clone(),
+                version,
+                snapshot,
+            };
+            self.broadcast(&frame, ctx);
+            return version;
+        }
+        let (batch, version) = state.take_pending(&self.me, &self.incarnation);
+        if let Some(batch) = batch {
+            // Without a link the batch is lost; the next heartbeats tell peers to ask for a snapshot.
+            self.broadcast(&BusFrame::Changes(batch), ctx);
+        }
+        version
+    }
+
+    fn beat(&mut self, ctx: &mut Context<Self>) {
+        self.version += 1;
+        let state_version = self.flush(ctx);
+        let mut hb = (self.hooks.heartbeat)(self.version);
+        hb.state_version = state_version;
+        hb.queue = self
+            .link
+            .as_ref()
+            .map(|l| l.queue.clone())
+            .unwrap_or_default();
+        self.hooks.membership.heard(hb.clone());
+        self.hooks.membership.forget_old();
+        self.broadcast(&BusFrame::Heartbeat(hb), ctx);
+    }
+
+    /// Drops the presence of nodes declared dead.
+    fn expire(&mut self) {
+        let state = &self.hooks.state;
+        for node in state.remote_nodes() {
+            if !self.hooks.membership.is_alive(&node) {
+                tracing::info!(node = %node, "cluster bus: node dead, its presence expires");
+                state.expire(&node);
+            }
+        }
+    }
+
+    fn want_snapshot(&mut self, node: &str, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        if self
+            .asked
+            .get(node)
+            .is_some_and(|t| now.duration_since(*t) < SNAPSHOT_RETRY)
+        {
+            return;
+        }
+        self.asked.insert(node.to_string(), now);
+        let frame = BusFrame::SnapshotWanted {
+            node: node.to_string(),
+        };
+        self.broadcast(&frame, ctx);
+    }
+
+    fn on_frame(&mut self, frame: BusFrame, ctx: &mut Context<Self>) {
+        let state = self.hooks.state.clone();
+        match frame {
+            BusFrame::Heartbeat(hb) if hb.node != self.me => {
+                let (node, inc, v) = (hb.node.clone(), hb.incarnation.clone(), hb.state_version);
+                self.hooks.membership.heard(hb);
+                if state.heard_version(&node, &inc, v) == Heard::NeedSnapshot {
+                    self.want_snapshot(&node, ctx);
+                }
+            }
+            BusFrame::Changes(batch) if batch.node != self.me => {
+                self.hooks.membership.touch(&batch.node);
+                let node = batch.node.clone();
+                if state.apply_changes(batch) == Heard::NeedSnapshot {
+                    self.want_snapshot(&node, ctx);
+                }
+            }
+            BusFrame::SnapshotWanted { node } if node == self.me => self.snapshot_due = true,
+            BusFrame::Snapshot {
+                node,
+                incarnation,
+                version,
+                snapshot,
+            } if node != self.me => {
+                self.hooks.membership.touch(&node);
+                self.asked.remove(&node);
+                state.apply_snapshot(&node, &incarnation, version, snapshot);
+            }
+            BusFrame::Ask {
+                id,
+                from,
+                reply_to,
+                body,
+            } if from != self.me => {
+                let answer = (self.hooks.answer)(body);
+                ctx.spawn(answer.into_actor(self).map(move |body, act, ctx| {
+                    let frame = BusFrame::Answer {
+                        id,
+                        node: act.me.clone(),
+                        body,
+                    };
+                    act.send(String::new(), reply_to, &frame, ctx);
+                }));
+            }
+            BusFrame::Answer { id, node, body } => {
+                if let Some(p) = self.asks.get_mut(&id) {
+                    if p.waiting.remove(&node) {
+                        p.answers.push(NodeAnswer {
+                            node,
+                            body: Some(body),
+                        });
+                    }
+                    if p.waiting.is_empty() {
+                        self.finish_ask(id);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn finish_ask(&mut self, id: u64) {
+        let Some(mut p) = self.asks.remove(&id) else {
+            return;
+        };
+        for node in p.waiting.drain() {
+            p.answers.push(NodeAnswer { node, body: None });
+        }
+        p.answers.sort_by(|a, b| a.node.cmp(&b.node));
+        if let Some(done) = p.done.take() {
+            let _ = done.send(p.answers);
+        }
     }
 }
 
@@ -301,38 +467,78 @@ impl Actor for Bus {
         self.connect(ctx);
         self.beat(ctx);
         ctx.run_interval(HEARTBEAT, |act, ctx| act.beat(ctx));
+        ctx.run_interval(FLUSH_EVERY, |act, ctx| {
+            act.flush(ctx);
+        });
+        ctx.run_interval(EXPIRE_EVERY, |act, _| act.expire());
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hb(node: &str, incarnation: &str, version: u64, applied: Vec<u64>) -> Heartbeat {
-        Heartbeat {
-            node: node.into(),
-            incarnation: incarnation.into(),
-            version,
-            address: String::new(),
-            admin_address: String::new(),
-            connections: 0,
-            subscriptions: 0,
-            applied,
+impl StreamHandler<Incoming> for Bus {
+    fn handle(&mut self, item: Incoming, ctx: &mut Self::Context) {
+        let current = self.link.as_ref().map(|l| l.generation);
+        match item {
+            Incoming::Frame(g, Ok(data)) if Some(g) == current => {
+                match rmp_serde::from_slice::<BusFrame>(&data) {
+                    Ok(frame) => self.on_frame(frame, ctx),
+                    Err(e) => tracing::warn!(error = %e, "cluster bus: unreadable frame ignored"),
+                }
+            }
+            Incoming::Frame(g, Err(e)) if Some(g) == current => self.link_down(&e, ctx),
+            Incoming::End(g) if Some(g) == current => self.link_down("the bus consumer ended", ctx),
+            _ => {}
         }
     }
 
-    #[test]
-    fn the_table_keeps_the_latest_heartbeat_and_computes_lag() {
-        let m = Membership::default();
-        let me = hb("a", "1", 5, vec![10, 20]);
-        m.heard(hb("b", "1", 3, vec![30, 20]));
-        m.heard(hb("b", "1", 2, vec![0, 0])); // older version: ignored
-        let members = m.members(&me);
-        assert_eq!(members.len(), 2);
-        assert!(members[0].me && members[1].alive);
-        assert_eq!(members[1].heartbeat.version, 3);
-        assert_eq!(m.lag(&me), vec![20, 0]);
-        m.heard(hb("b", "2", 1, vec![40, 40])); // a restart: a new incarnation replaces it
-        assert_eq!(m.members(&me)[1].heartbeat.incarnation, "2");
+    /// A consumer of an old link ended: nothing to do (the default would stop the actor).
+    fn finished(&mut self, _ctx: &mut Self::Context) {}
+}
+
+impl Handler<Ask> for Bus {
+    type Result = ResponseFuture<Vec<NodeAnswer>>;
+
+    fn handle(&mut self, msg: Ask, ctx: &mut Self::Context) -> Self::Result {
+        let (alive, dead) = self.hooks.membership.others(&self.me);
+        let mut answers: Vec<NodeAnswer> = dead
+            .into_iter()
+            .map(|hb| NodeAnswer {
+                node: hb.node,
+                body: None,
+            })
+            .collect();
+        let (tx, rx) = oneshot::channel();
+        let id = self.next_ask;
+        self.next_ask += 1;
+        let reply_to = self.link.as_ref().map(|l| l.queue.clone());
+        match reply_to {
+            Some(reply_to) if !alive.is_empty() => {
+                self.asks.insert(
+                    id,
+                    Pending {
+                        waiting: alive.into_iter().map(|hb| hb.node).collect(),
+                        answers,
+                        done: Some(tx),
+                    },
+                );
+                let frame = BusFrame::Ask {
+                    id,
+                    from: self.me.clone(),
+                    reply_to,
+                    body: msg.body,
+                };
+                self.broadcast(&frame, ctx);
+                ctx.run_later(msg.timeout, move |act, _| act.finish_ask(id));
+            }
+            // No link: nobody can be asked; no other node alive: nobody to wait for.
+            _ => {
+                answers.extend(alive.into_iter().map(|hb| NodeAnswer {
+                    node: hb.node,
+                    body: None,
+                }));
+                answers.sort_by(|a, b| a.node.cmp(&b.node));
+                let _ = tx.send(answers);
+            }
+        }
+        Box::pin(async move { rx.await.unwrap_or_default() })
     }
 }

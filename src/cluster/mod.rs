@@ -15,6 +15,8 @@
 mod bus;
 mod consumer;
 mod local;
+mod membership;
+pub mod presence;
 mod publisher;
 mod stream;
 
@@ -22,8 +24,10 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
 pub use crate::history::{Entry, EntryKind, Placement, Position};
-pub use bus::{Bus, Heartbeat, HeartbeatSource, Member, Membership, DEAD_AFTER, HEARTBEAT};
+pub use bus::{Answerer, Ask, Bus, BusHooks, HeartbeatSource, NodeAnswer, EXPIRE_EVERY};
 pub use local::LocalLog;
+pub use membership::{Heartbeat, Member, Membership, DEAD_AFTER, FORGET_AFTER, HEARTBEAT};
+pub use presence::{ClusterState, PresenceEvent};
 pub use stream::{entry_index, shard_of, StreamLog, StreamNames};
 
 use crate::history::HistoryError;

@@ -38,6 +38,9 @@ pub struct ClusterConfig {
     pub batch_bytes: usize,
     /// Entries waiting to be published, per node; beyond it a publish gets `unavailable` at once.
     pub max_pending: usize,
+    /// How long the admin API waits for the other nodes' answers (scatter-gather); a node that has not
+    /// answered by then is named in the reply as not answering.
+    pub admin_timeout_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -56,6 +59,7 @@ impl Default for ClusterConfig {
             batch_max: 64,
             batch_bytes: 256 * 1024,
             max_pending: 10_000,
+            admin_timeout_ms: 1_000,
         }
     }
 }

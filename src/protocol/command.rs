@@ -47,7 +47,14 @@ pub enum Command {
         data: Value,
         key: Option<String>,
     },
+    /// A page of the channel's members across the cluster: sessions after `after`, at most `limit`.
     Presence {
+        channel: String,
+        after: Option<String>,
+        limit: Option<u64>,
+    },
+    /// How many sessions and users are present, without the list.
+    PresenceCount {
         channel: String,
     },
     History {
@@ -68,7 +75,8 @@ impl Command {
             Command::Subscribe { channel, .. }
             | Command::Unsubscribe { channel }
             | Command::Publish { channel, .. }
-            | Command::Presence { channel }
+            | Command::Presence { channel, .. }
+            | Command::PresenceCount { channel }
             | Command::History { channel, .. } => Some(channel),
             Command::Ping | Command::Refresh { .. } => None,
         }
@@ -244,6 +252,14 @@ pub(super) fn parse(frame: Value, limits: &DecodeLimits) -> Result<Request, Fram
             Command::Publish { channel, data, key }
         }
         "presence" => Command::Presence {
+            channel: f.channel(limits)?,
+            after: match f.get("after") {
+                None => None,
+                Some(_) => Some(f.string("after")?),
+            },
+            limit: f.opt_u64("limit")?,
+        },
+        "presence_count" => Command::PresenceCount {
             channel: f.channel(limits)?,
         },
         "history" => Command::History {

@@ -43,8 +43,17 @@ pub fn published(id: &str, epoch: &str, offset: u64) -> Value {
     ])
 }
 
-/// Reply of `presence`: `members` is a list of (session, user).
-pub fn presence(channel: &str, members: &[(String, Option<String>)]) -> Value {
+/// Reply of `presence_count`.
+pub fn presence_count(channel: &str, sessions: usize, users: usize) -> Value {
+    map(vec![
+        ("channel", Value::from(channel)),
+        ("sessions", Value::from(sessions as u64)),
+        ("users", Value::from(users as u64)),
+    ])
+}
+
+/// Reply of `presence`: `members` is a page of (session, user); `next` is the `after` of the next page.
+pub fn presence(channel: &str, members: &[(String, Option<String>)], next: Option<&str>) -> Value {
     let list = members
         .iter()
         .map(|(s, u)| {
@@ -57,6 +66,7 @@ pub fn presence(channel: &str, members: &[(String, Option<String>)]) -> Value {
     map(vec![
         ("channel", Value::from(channel)),
         ("members", Value::Array(list)),
+        ("next", next.map(Value::from).unwrap_or(Value::Nil)),
     ])
 }
 

@@ -7,14 +7,23 @@ use actix::prelude::*;
 use super::inflight::Slot;
 use super::Session;
 use crate::channel::{
-    history_page, presence_members, publish, publisher_of, ChannelError, History, HistoryPage,
-    Publish, Subscribe, Unsubscribe,
+    history_page, presence_count, presence_page, publish, publisher_of, ChannelError, History,
+    HistoryPage, Publish, Subscribe, Unsubscribe, PRESENCE_PAGE,
 };
 use crate::protocol::results::{HistoryResult, StoredView};
 use crate::protocol::{
     encode, encode_message_data, results, Command, ErrorCode, FrameError, Request, RequestId,
     ServerFrame, UnsubscribedBody,
 };
+
+/// What a `presence` or `presence_count` asks.
+enum PresenceQuery {
+    Page {
+        after: Option<String>,
+        limit: Option<u64>,
+    },
+    Count,
+}
 
 /// Retry advice sent with `unavailable`.
 const RETRY_UNAVAILABLE_MS: u64 = 500;
@@ -77,7 +86,11 @@ impl Session {
             Command::Subscribe { since, .. } => self.subscribe(id, channel, since, ctx),
             Command::Unsubscribe { .. } => self.unsubscribe(id, channel, ctx),
             Command::Publish { data, key, .. } => self.publish(id, channel, data, key, ctx),
-            Command::Presence { .. } => self.presence(id, channel, ctx),
+            Command::Presence { after, limit, .. } => {
+                let query = PresenceQuery::Page { after, limit };
+                self.presence(id, channel, query, ctx)
+            }
+            Command::PresenceCount { .. } => self.presence(id, channel, PresenceQuery::Count, ctx),
             Command::History { since, limit, .. } => self.history(id, channel, since, limit, ctx),
             Command::Ping | Command::Refresh { .. } => {}
         }
@@ -362,7 +375,13 @@ impl Session {
             .spawn(ctx);
     }
 
-    fn presence(&mut self, id: RequestId, channel: String, ctx: &mut Context<Self>) {
+    fn presence(
+        &mut self,
+        id: RequestId,
+        channel: String,
+        query: PresenceQuery,
+        ctx: &mut Context<Self>,
+    ) {
         let ns = self
             .node
             .config
@@ -373,20 +392,32 @@ impl Session {
         if !ns.presence {
             return self.fail(channel_error(&id, &ChannelError::PresenceDisabled), ctx);
         }
+        if let PresenceQuery::Page { limit: Some(0), .. } = query {
+            let err = FrameError::bad(Some(id), "`limit` must be at least 1");
+            return self.fail((err, None), ctx);
+        }
         let node = self.node.clone();
         let slot = self.gate.enter();
         async move {
-            presence_members(&node.hub, &channel)
-                .await
-                .map(|m| (channel, m))
+            match query {
+                PresenceQuery::Page { after, limit } => {
+                    let limit =
+                        limit.map_or(PRESENCE_PAGE, |l| l.min(PRESENCE_PAGE as u64) as usize);
+                    let (members, next) =
+                        presence_page(&node.hub, &channel, after.as_deref(), limit).await?;
+                    Ok(results::presence(&channel, &members, next.as_deref()))
+                }
+                PresenceQuery::Count => {
+                    let (sessions, users) = presence_count(&node.hub, &channel).await?;
+                    Ok(results::presence_count(&channel, sessions, users))
+                }
+            }
         }
         .into_actor(self)
         .map(move |res, act, ctx| {
             drop(slot);
             match res {
-                Ok((channel, members)) => {
-                    act.reply(&id, &results::presence(&channel, &members), ctx)
-                }
+                Ok(result) => act.reply(&id, &result, ctx),
                 Err(e) => act.fail(channel_error(&id, &e), ctx),
             }
         })

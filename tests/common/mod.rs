@@ -249,6 +249,18 @@ pub fn serve_command(data_dir: &std::path::Path) -> std::process::Command {
 /// Spawns a `herald serve` command (see [`serve_command`]) with piped stdout, waits for its listening
 /// line and keeps draining stdout. The child is killed when dropped. Returns it with its ws:// URL.
 pub async fn start_binary(cmd: std::process::Command) -> (tokio::process::Child, String) {
+    let (child, ws, _) = start_binary_addrs(cmd).await;
+    (child, format!("ws://{ws}/ws"))
+}
+
+/// Like [`start_binary`], returning the client and admin addresses.
+pub async fn start_binary_addrs(
+    cmd: std::process::Command,
+) -> (
+    tokio::process::Child,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let mut child = tokio::process::Command::from(cmd)
         .stdin(std::process::Stdio::null())
@@ -264,10 +276,10 @@ pub async fn start_binary(cmd: std::process::Command) -> (tokio::process::Child,
         .expect("herald did not print its listening line in time")
         .expect("read stdout")
         .expect("herald exited before listening");
-    let (ws, _) = parse_listening(&line);
+    let (ws, admin) = parse_listening(&line);
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, format!("ws://{ws}/ws"))
+    (child, ws, admin)
 }
 
 /// Parses the binary's first stdout line, `herald listening ws=ADDR admin=ADDR`, into (ws, admin).
