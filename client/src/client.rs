@@ -59,7 +59,9 @@ impl Client {
     /// those of [`ClientOptions::backoff`], whatever the URL. Subscriptions resume on the new node
     /// from their last position: every node of a cluster holds the same channel log, so delivery
     /// stays exactly once and in order. [`crate::ConnectionState::Connected`] tells which URL a
-    /// connection went to.
+    /// connection went to. The URLs must be nodes of one cluster: a server that does not hold the
+    /// channel's log cannot resume a subscription, which then reports
+    /// [`crate::SubscriptionEvent::NotRecovered`].
     ///
     /// Fails with [`Error::Config`] when the list is empty or one of its entries is not a `ws://` or
     /// `wss://` URL.
