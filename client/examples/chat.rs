@@ -4,6 +4,10 @@
 //! ```text
 //! cargo run -p herald-client --example chat -- [ws://127.0.0.1:8000/ws] [chat:room1] [token]
 //! ```
+//!
+//! The first argument may list several nodes of a cluster, separated by commas
+//! (`ws://127.0.0.1:8081/ws,ws://127.0.0.1:8082/ws,ws://127.0.0.1:8083/ws`): the client starts at a
+//! random one and moves to the next when its node goes away.
 
 use futures_util::StreamExt;
 use herald_client::{Client, ClientOptions, ConnectionState, SubscriptionEvent};
@@ -12,9 +16,12 @@ use std::time::Duration;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let url = args
+    let urls: Vec<String> = args
         .next()
-        .unwrap_or_else(|| "ws://127.0.0.1:8000/ws".into());
+        .unwrap_or_else(|| "ws://127.0.0.1:8000/ws".into())
+        .split(',')
+        .map(str::to_string)
+        .collect();
     let channel = args.next().unwrap_or_else(|| "chat:room1".into());
     let token = args.next();
 
@@ -25,8 +32,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         ..Default::default()
     };
-    let (client, mut states) = Client::connect(
-        url,
+    let (client, mut states) = Client::connect_any(
+        urls,
         move || {
             let token = token.clone();
             async move { token }

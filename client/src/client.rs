@@ -5,6 +5,7 @@
 //! back: every call is a message to the driver task, answered through a oneshot channel.
 
 use crate::driver::{Cmd, Driver, Status};
+use crate::endpoints::Endpoints;
 use crate::error::{Error, Result};
 use crate::events::{StateStream, Subscription};
 use crate::frame::{self, Command, HistoryPage, Presence, PublishAck};
@@ -34,22 +35,68 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Starts the client without waiting: the connection task runs in the background (on the
-    /// current tokio runtime) and commands issued before it connects are queued.
+    /// Starts the client for one server without waiting: the connection task runs in the background
+    /// (on the current tokio runtime) and commands issued before it connects are queued.
+    ///
+    /// The same as [`Client::start_any`] with a list of one URL. Fails with [`Error::Config`] when
+    /// `url` is not a `ws://` or `wss://` URL.
     pub fn start(
         url: impl Into<String>,
         tokens: impl TokenProvider,
         options: ClientOptions,
     ) -> Result<(Client, StateStream)> {
-        let url = url.into();
-        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
-            return Err(Error::Config(format!("not a ws:// or wss:// url: {url}")));
-        }
+        Client::start_any(vec![url.into()], tokens, options)
+    }
+
+    /// Starts the client for a list of equivalent servers (the nodes of one cluster) without
+    /// waiting: the connection task runs in the background (on the current tokio runtime) and
+    /// commands issued before it connects are queued.
+    ///
+    /// The first attempt goes to a uniformly random URL of the list, so many clients spread over
+    /// the nodes. After a failed attempt, and after a connection is lost and the close code allows
+    /// reconnecting (e.g. 1001 when a node shuts down or drains, or a broken TCP connection), the
+    /// next attempt goes to the next URL of the list, round robin. The delays between attempts are
+    /// those of [`ClientOptions::backoff`], whatever the URL. Subscriptions resume on the new node
+    /// from their last position: every node of a cluster holds the same channel log, so delivery
+    /// stays exactly once and in order. [`crate::ConnectionState::Connected`] tells which URL a
+    /// connection went to. The URLs must be nodes of one cluster: a server that does not hold the
+    /// channel's log cannot resume a subscription, which then reports
+    /// [`crate::SubscriptionEvent::NotRecovered`].
+    ///
+    /// Fails with [`Error::Config`] when the list is empty or one of its entries is not a `ws://` or
+    /// `wss://` URL.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), herald_client::Error> {
+    /// use herald_client::{no_token, Client, ClientOptions};
+    /// let nodes = vec![
+    ///     "ws://10.0.0.1:8000/ws".to_string(),
+    ///     "ws://10.0.0.2:8000/ws".to_string(),
+    ///     "ws://10.0.0.3:8000/ws".to_string(),
+    /// ];
+    /// let (client, _states) = Client::start_any(nodes, no_token(), ClientOptions::default())?;
+    /// client.wait_connected().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn start_any(
+        urls: Vec<String>,
+        tokens: impl TokenProvider,
+        options: ClientOptions,
+    ) -> Result<(Client, StateStream)> {
+        let endpoints = Endpoints::new(urls)?;
         let (tx, cmd_rx) = mpsc::channel(options.command_buffer.max(1));
         let (state_tx, state_rx) = mpsc::channel(options.state_buffer.max(1));
         let event_buffer = options.event_buffer.max(2);
         let (status_tx, status) = watch::channel(Status::Connecting);
-        let driver = Driver::new(url, Arc::new(tokens), options, cmd_rx, state_tx, status_tx);
+        let driver = Driver::new(
+            endpoints,
+            Arc::new(tokens),
+            options,
+            cmd_rx,
+            state_tx,
+            status_tx,
+        );
         tokio::spawn(driver.run());
         Ok((
             Client {
@@ -62,14 +109,28 @@ impl Client {
         ))
     }
 
-    /// Starts the client and waits until the first connection is established (retrying per the
-    /// backoff policy). Fails with [`Error::GaveUp`] if the client gives up first.
+    /// Starts the client for one server and waits until the first connection is established
+    /// (retrying per the backoff policy). Fails with [`Error::GaveUp`] if the client gives up first.
+    ///
+    /// The same as [`Client::connect_any`] with a list of one URL.
     pub async fn connect(
         url: impl Into<String>,
         tokens: impl TokenProvider,
         options: ClientOptions,
     ) -> Result<(Client, StateStream)> {
-        let (client, states) = Client::start(url, tokens, options)?;
+        Client::connect_any(vec![url.into()], tokens, options).await
+    }
+
+    /// Starts the client for a list of equivalent servers (see [`Client::start_any`]: random first
+    /// URL, then round robin) and waits until the first connection is established (retrying per
+    /// the backoff policy). Fails with [`Error::Config`] like [`Client::start_any`], and with
+    /// [`Error::GaveUp`] if the client gives up first.
+    pub async fn connect_any(
+        urls: Vec<String>,
+        tokens: impl TokenProvider,
+        options: ClientOptions,
+    ) -> Result<(Client, StateStream)> {
+        let (client, states) = Client::start_any(urls, tokens, options)?;
         client.wait_connected().await?;
         Ok((client, states))
     }

@@ -1,8 +1,9 @@
 //! The background task that owns the connection.
 //!
 //! Exists because reconnecting, resuming and re-sending must happen without the application's
-//! help: one task per client holds the socket, the subscriptions (with their resume positions) and
-//! every command that has not been answered yet. Commands from [`crate::Client`] arrive on a
+//! help: one task per client holds the socket, the server endpoints (which one the next attempt
+//! goes to: `endpoints.rs`), the subscriptions (with their resume positions, per channel and not per
+//! endpoint) and every command that has not been answered yet. Commands from [`crate::Client`] arrive on a
 //! channel and are queued while disconnected; after each reconnect the task resubscribes with
 //! `since` and re-sends unanswered commands (publishes keep their idempotency `key`, so a publish
 //! lost in flight is stored once and its caller still gets the reply).
@@ -10,6 +11,7 @@
 use crate::backoff::Backoff;
 use crate::connect::{self, Advice, Conn, OpenError};
 use crate::dedup::{ChannelTracker, ReplyOutcome};
+use crate::endpoints::Endpoints;
 use crate::error::Error;
 use crate::events::{ConnectionState, Message, SubscriptionEvent};
 use crate::frame::{self, Command, ServerFrame, SubscribeReply};
@@ -95,7 +97,7 @@ enum End {
 }
 
 pub(crate) struct Driver {
-    url: String,
+    endpoints: Endpoints,
     tokens: Arc<dyn TokenProvider>,
     opts: ClientOptions,
     cmd_rx: mpsc::Receiver<Cmd>,
@@ -109,7 +111,7 @@ pub(crate) struct Driver {
 
 impl Driver {
     pub(crate) fn new(
-        url: String,
+        endpoints: Endpoints,
         tokens: Arc<dyn TokenProvider>,
         opts: ClientOptions,
         cmd_rx: mpsc::Receiver<Cmd>,
@@ -118,7 +120,7 @@ impl Driver {
     ) -> Self {
         let backoff = Backoff::new(opts.backoff.clone());
         Driver {
-            url,
+            endpoints,
             tokens,
             opts,
             cmd_rx,
@@ -139,7 +141,8 @@ impl Driver {
     /// Runs until the client is closed or gives up.
     ///
     /// A connection that lasted `stable_after` resets the backoff; one lost sooner counts as a failed
-    /// attempt, so the delays keep growing against a server that accepts and drops at once.
+    /// attempt, so the delays keep growing against a server that accepts and drops at once. Every
+    /// attempt after the first (after a failed one or a lost connection) goes to the next endpoint.
     pub(crate) async fn run(mut self) {
         let mut last_token: Option<String>;
         loop {
@@ -151,8 +154,10 @@ impl Driver {
             });
             let token = self.tokens.token().await;
             last_token = token.clone();
+            let url = self.endpoints.current().to_string();
+            tracing::debug!(%url, attempt, "herald client connecting");
             let opened = connect::open(
-                &self.url,
+                &url,
                 token.as_deref(),
                 self.opts.encoding,
                 self.opts.connect_timeout,
@@ -165,6 +170,7 @@ impl Driver {
                     let connected_at = Instant::now();
                     let _ = self.status.send(Status::Connected);
                     self.emit(ConnectionState::Connected {
+                        url,
                         session: conn.session.clone(),
                         user: conn.user.clone(),
                         heartbeat_ms: conn.heartbeat_ms,
@@ -242,6 +248,9 @@ impl Driver {
                 }
             };
             let _ = (code, reason);
+            // Whatever failed or went away (this node, the path to it), the next attempt tries
+            // another node of the list; a list of one stays where it is.
+            self.endpoints.advance();
             let mut delay = self.backoff.delay();
             if let Some(ra) = retry_after {
                 delay = delay.max(ra);

@@ -101,6 +101,9 @@ pub enum ConnectionState {
     },
     /// The handshake succeeded and the `welcome` frame arrived.
     Connected {
+        /// The endpoint this connection went to: the URL given to [`crate::Client::start`], or
+        /// the one of the list given to [`crate::Client::start_any`] that this attempt used.
+        url: String,
         /// Session id given by the server.
         session: String,
         /// Authenticated user, `None` when anonymous.
@@ -120,7 +123,8 @@ pub enum ConnectionState {
         /// When.
         at: Instant,
     },
-    /// The next attempt will start after `delay`.
+    /// The next attempt will start after `delay`, to the next URL of the list given to
+    /// [`crate::Client::start_any`] (to the same URL when there is one).
     Reconnecting {
         /// The number of the attempt that will be made.
         attempt: u32,

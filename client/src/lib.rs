@@ -6,6 +6,12 @@
 //! suppresses duplicates, re-sends unanswered publishes with the same idempotency key, and says so
 //! explicitly when the server cannot recover a gap ([`SubscriptionEvent::NotRecovered`]).
 //!
+//! For a cluster, give the client every node's URL ([`Client::start_any`],
+//! [`Client::connect_any`]): each client starts at a random node, so a fleet spreads over the
+//! nodes, and moves to the next node of its list when its connection is lost or an attempt fails
+//! (a node that stops or drains for a rolling restart closes with 1001 "going away"). Subscriptions
+//! resume there where they stopped, since every node of a cluster holds the same channel log.
+//!
 //! Data values are [`rmpv::Value`] in both encodings (JSON and MessagePack), because it is the one
 //! type that carries every value herald accepts (64-bit integers, binary); use
 //! [`Message::data_as`] / [`Message::data_json`] to convert, and [`Client::publish`] takes any
@@ -34,10 +40,11 @@
 //! # }
 //! ```
 //!
-//! Modules: `frame` (wire format), `backoff` (reconnect delays), `dedup` (resume positions and
-//! duplicate suppression), `connect` (handshake and close-code rules), `driver`/`session` (the
-//! background connection task), `client` (the handle), `events` (what the application receives),
-//! `options` (tunables and the token provider), `error`.
+//! Modules: `frame` (wire format), `backoff` (reconnect delays), `endpoints` (which server URL the
+//! next attempt uses), `dedup` (resume positions and duplicate suppression), `connect` (handshake
+//! and close-code rules), `driver`/`session` (the background connection task), `client` (the
+//! handle), `events` (what the application receives), `options` (tunables and the token provider),
+//! `error`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -47,6 +54,7 @@ mod client;
 mod connect;
 pub mod dedup;
 mod driver;
+mod endpoints;
 mod error;
 mod events;
 pub mod frame;

@@ -35,26 +35,48 @@ pub struct Mock {
     pub port: u16,
     pub state: Arc<Mutex<State>>,
     kill: watch::Sender<u64>,
+    drain: watch::Sender<u16>,
 }
 
 impl Mock {
     pub async fn start(heartbeat_ms: u64, ping: bool) -> Mock {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
         let state = Arc::new(Mutex::new(State {
             epoch: "E1".into(),
             ..Default::default()
         }));
+        Self::start_shared(heartbeat_ms, ping, state).await
+    }
+
+    /// A mock serving `state`: several mocks sharing one state are the nodes of a cluster (one
+    /// channel log, a publish reaches the subscribers of every node).
+    pub async fn start_shared(heartbeat_ms: u64, ping: bool, state: Arc<Mutex<State>>) -> Mock {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
         let (kill, kill_rx) = watch::channel(0u64);
+        let (drain, drain_rx) = watch::channel(0u16);
         let st = state.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let st = st.clone();
                 let kill_rx = kill_rx.clone();
-                tokio::spawn(serve(tcp, st, kill_rx, heartbeat_ms, ping));
+                let drain_rx = drain_rx.clone();
+                tokio::spawn(serve(tcp, st, kill_rx, drain_rx, heartbeat_ms, ping));
             }
         });
-        Mock { port, state, kill }
+        Mock {
+            port,
+            state,
+            kill,
+            drain,
+        }
+    }
+
+    /// A fresh state for [`Mock::start_shared`].
+    pub fn shared_state() -> Arc<Mutex<State>> {
+        Arc::new(Mutex::new(State {
+            epoch: "E1".into(),
+            ..Default::default()
+        }))
     }
 
     pub fn url(&self) -> String {
@@ -64,6 +86,12 @@ impl Mock {
     /// Abruptly drops every open connection.
     pub fn kill_all(&self) {
         self.kill.send_modify(|g| *g += 1);
+    }
+
+    /// Closes every open connection of this mock like a node that shuts down: a `disconnect` frame
+    /// (`reconnect: true`) and a close frame with `code` (1001 going away).
+    pub fn drain_all(&self, code: u16) {
+        self.drain.send_replace(code);
     }
 
     /// Publishes from the "server" side.
@@ -110,6 +138,7 @@ async fn serve(
     tcp: tokio::net::TcpStream,
     st: Arc<Mutex<State>>,
     mut kill: watch::Receiver<u64>,
+    mut drain: watch::Receiver<u16>,
     heartbeat_ms: u64,
     ping: bool,
 ) {
@@ -128,6 +157,7 @@ async fn serve(
         return;
     };
     kill.borrow_and_update();
+    drain.borrow_and_update();
     let (mut sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Ws>();
     let conn = {
@@ -158,6 +188,27 @@ async fn serve(
     loop {
         tokio::select! {
             _ = kill.changed() => break,
+            _ = drain.changed() => {
+                let code = *drain.borrow_and_update();
+                let d = json!({"v":1,"type":"disconnect","ts":now(),"code":code,"reason":"going away","reconnect":true});
+                let close = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                    code: code.into(),
+                    reason: "going away".into(),
+                };
+                let _ = sink.send(Ws::text(d.to_string())).await;
+                let _ = sink.send(Ws::Close(Some(close))).await;
+                // Finish the closing handshake: a socket closed with unread data is reset, and the
+                // client would see the reset instead of the close code.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                    while let Some(Ok(m)) = stream.next().await {
+                        if matches!(m, Ws::Close(_)) {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                break;
+            }
             out = rx.recv() => match out {
                 Some(m) => {
                     let is_close = matches!(m, Ws::Close(_));
