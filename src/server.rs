@@ -240,8 +240,10 @@ async fn run_inner(
 
     shutdown.await;
     tracing::info!("shutting down: closing sessions");
+    // The listener keeps accepting while the node drains: handshakes are answered 503 (`Retry-After`)
+    // at once, so a client moves to another node instead of waiting in the accept backlog until the
+    // node exits.
     node.start_draining();
-    client_handle.pause().await;
     for (_, entry) in node.sessions.snapshot() {
         entry.evict.do_send(Evict {
             code: CloseCode::GoingAway,

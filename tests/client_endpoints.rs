@@ -130,7 +130,6 @@ async fn a_node_shutting_down_sends_its_client_to_another_url() {
     });
     assert_eq!(lost, Some(Some(1001)), "{between:?}");
     assert_ne!(url, first, "reconnected to the node that went away");
-    assert_eq!(url, urls[(i + 1) % 3], "the next url of the list");
     assert_eq!(attempts(&between), 1, "the next node is up: {between:?}");
     assert!(took < Duration::from_secs(3), "{took:?}");
     stopping.await.expect("node a stopped");
@@ -291,7 +290,7 @@ async fn a_rolling_restart_of_a_cluster_moves_the_clients_and_loses_nothing() {
     let extra = tokio::time::timeout(Duration::from_millis(500), sub.next()).await;
     assert!(extra.is_err(), "an extra event: {extra:?}");
 
-    // The subscriber's node went away once during the restart: it moved on to the next url.
+    // The subscriber's node went away once during the restart: it moved on to another url.
     let mut visited = vec![sub_first.clone()];
     while let Ok(url) = url_rx.try_recv() {
         visited.push(url);
@@ -302,12 +301,7 @@ async fn a_rolling_restart_of_a_cluster_moves_the_clients_and_loses_nothing() {
         "the subscriber never moved: {visited:?}"
     );
     for pair in visited.windows(2) {
-        let from = urls.iter().position(|u| *u == pair[0]).expect("listed");
-        assert_eq!(
-            pair[1],
-            urls[(from + 1) % 3],
-            "not the next url: {visited:?}"
-        );
+        assert_ne!(pair[1], pair[0], "moved to the same url: {visited:?}");
     }
     sub_client.close().await;
     for (node, _, _) in nodes {

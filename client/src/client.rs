@@ -55,7 +55,8 @@ impl Client {
     /// The first attempt goes to a uniformly random URL of the list, so many clients spread over
     /// the nodes. After a failed attempt, and after a connection is lost and the close code allows
     /// reconnecting (e.g. 1001 when a node shuts down or drains, or a broken TCP connection), the
-    /// next attempt goes to the next URL of the list, round robin. The delays between attempts are
+    /// next attempt goes to another URL of the list, picked uniformly among the others (so the
+    /// clients of a draining node spread over the remaining ones). The delays between attempts are
     /// those of [`ClientOptions::backoff`], whatever the URL. Subscriptions resume on the new node
     /// from their last position: every node of a cluster holds the same channel log, so delivery
     /// stays exactly once and in order. [`crate::ConnectionState::Connected`] tells which URL a
@@ -122,7 +123,7 @@ impl Client {
     }
 
     /// Starts the client for a list of equivalent servers (see [`Client::start_any`]: random first
-    /// URL, then round robin) and waits until the first connection is established (retrying per
+    /// URL, then a random other one after each failure) and waits until the first connection is established (retrying per
     /// the backoff policy). Fails with [`Error::Config`] like [`Client::start_any`], and with
     /// [`Error::GaveUp`] if the client gives up first.
     pub async fn connect_any(

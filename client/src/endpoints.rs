@@ -3,8 +3,10 @@
 //! Exists so that the clients of a cluster spread over its nodes and leave a node that goes away
 //! (a rolling restart drains nodes one by one with close code 1001): the first attempt goes to a
 //! uniformly random endpoint of the list, and every attempt after a failed one or after a lost
-//! connection goes to the next endpoint, round robin. When to attempt is the backoff's business, not
-//! this module's. A single URL is the list of one, and then nothing changes.
+//! connection goes to another endpoint, picked uniformly among the others: the clients of a node that
+//! drains spread evenly over the remaining nodes (round robin would send them all to the same next
+//! one). When to attempt is the backoff's business, not this module's. A single URL is the list of
+//! one, and then nothing changes.
 
 use crate::error::{Error, Result};
 use rand::Rng;
@@ -30,9 +32,13 @@ impl Endpoints {
         &self.urls[self.next]
     }
 
-    /// Moves to the next URL of the list (after a failed attempt or a lost connection).
+    /// Moves to another URL of the list, uniformly among the others (after a failed attempt or a lost
+    /// connection).
     pub(crate) fn advance(&mut self) {
-        self.next = (self.next + 1) % self.urls.len();
+        let n = self.urls.len();
+        if n > 1 {
+            self.next = (self.next + rand::rng().random_range(1..n)) % n;
+        }
     }
 }
 
@@ -86,17 +92,24 @@ mod tests {
     }
 
     #[test]
-    fn round_robin_from_the_start() {
+    fn a_move_goes_to_another_endpoint_spread_over_the_others() {
         let list = urls(3);
-        let mut e = Endpoints::new(list.clone()).expect("valid");
-        let start = list
-            .iter()
-            .position(|u| u == e.current())
-            .expect("current is in the list");
-        for k in 1..=7 {
+        let mut counts = [0u32; 3];
+        for _ in 0..3000 {
+            let mut e = Endpoints::new(list.clone()).expect("valid");
+            while e.current() != list[0] {
+                e.advance();
+            }
             e.advance();
-            assert_eq!(e.current(), list[(start + k) % 3]);
+            let i = list.iter().position(|u| u == e.current()).expect("listed");
+            counts[i] += 1;
         }
+        // Never the same one; the others 1500 each (round robin would put all 3000 on one).
+        assert_eq!(counts[0], 0, "{counts:?}");
+        assert!(
+            counts[1..].iter().all(|&n| (1350..1650).contains(&n)),
+            "{counts:?}"
+        );
     }
 
     #[test]

@@ -123,7 +123,7 @@ pub enum ConnectionState {
         /// When.
         at: Instant,
     },
-    /// The next attempt will start after `delay`, to the next URL of the list given to
+    /// The next attempt will start after `delay`, to another URL of the list given to
     /// [`crate::Client::start_any`] (to the same URL when there is one).
     Reconnecting {
         /// The number of the attempt that will be made.

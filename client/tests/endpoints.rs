@@ -1,6 +1,6 @@
 //! A client with several endpoints against in-memory mock nodes sharing one channel log (a
 //! cluster): the next attempt after a drain (1001), a broken connection or a failed attempt goes to
-//! the next URL of the list, and the subscription moves along exactly once, in order.
+//! another URL of the list, and the subscription moves along exactly once, in order.
 
 mod support;
 
@@ -66,7 +66,7 @@ async fn next_msg(sub: &mut Subscription) -> herald_client::Message {
 }
 
 #[tokio::test]
-async fn next_attempt_goes_to_the_next_url_round_robin() {
+async fn a_lost_connection_moves_the_client_to_another_url() {
     let state = Mock::shared_state();
     let mocks = [
         Mock::start_shared(25_000, true, state.clone()).await,
@@ -97,16 +97,8 @@ async fn next_attempt_goes_to_the_next_url_round_robin() {
         Client::start_any(urls.clone(), herald_client::no_token(), fast()).expect("start");
     let (before, first) = until_connected(&mut states).await;
     let mut at = urls.iter().position(|u| *u == first).expect("listed");
-    // Only a start on the closed port costs a failed attempt, and then the next URL is used.
-    match attempts(&before) {
-        1 => {}
-        2 => assert_eq!(
-            urls[(at + urls.len() - 1) % urls.len()],
-            closed,
-            "one failed attempt, not on the closed port"
-        ),
-        n => panic!("{n} attempts for the first connection: {before:?}"),
-    }
+    // Only attempts on the closed port fail (each then picks another URL).
+    assert!(attempts(&before) <= 4, "{before:?}");
     let mut sub = client.subscribe("c").await.expect("subscribe");
 
     let mut visited = vec![mock_of(&first)];
@@ -131,19 +123,17 @@ async fn next_attempt_goes_to_the_next_url_round_robin() {
         published += 1;
         mocks[0].publish("c", json!({ "i": published }));
 
-        let mut expected = (at + 1) % urls.len();
-        let mut skipped = 0;
-        if urls[expected] == closed {
-            expected = (expected + 1) % urls.len();
-            skipped = 1;
-        }
+        // Another node, picked among the others; an attempt on the closed port fails and the
+        // next one picks again.
         let (between, url) = until_connected(&mut states).await;
-        assert_eq!(url, urls[expected], "round {round}: {between:?}");
-        assert_eq!(
-            attempts(&between),
-            1 + skipped,
-            "round {round}: {between:?}"
-        );
+        let failed = attempts(&between) - 1;
+        assert!(failed <= 4, "round {round}: {between:?}");
+        if failed == 0 {
+            assert_ne!(
+                url, urls[at],
+                "round {round}: stayed on the node that went away"
+            );
+        }
         let lost = between
             .iter()
             .find_map(|s| match s {
@@ -161,7 +151,7 @@ async fn next_attempt_goes_to_the_next_url_round_robin() {
             }
         }
         visited.push(mock_of(&url));
-        at = expected;
+        at = urls.iter().position(|u| *u == url).expect("listed");
     }
     while (received.len() as u64) < published {
         received.push(next_msg(&mut sub).await);
@@ -172,10 +162,10 @@ async fn next_attempt_goes_to_the_next_url_round_robin() {
     }
     let extra = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
     assert!(extra.is_err(), "unexpected extra event {extra:?}");
-    // Every node served the client.
+    // It moved between nodes (never onto the closed port: `mock_of` would have panicked).
     visited.sort();
     visited.dedup();
-    assert_eq!(visited, vec![0, 1, 2]);
+    assert!(visited.len() >= 2, "{visited:?}");
     client.close().await;
 }
 

@@ -409,6 +409,12 @@ impl Bus {
                 version,
                 snapshot,
             } if node != self.me => {
+                // Snapshots are broadcast: one asked for by another node can reach a node that has not
+                // heard this one's heartbeat yet; it asks for its own once it has (else the entries of a
+                // node unknown to the membership would expire at once).
+                if !self.hooks.membership.is_alive(&node) {
+                    return;
+                }
                 self.hooks.membership.touch(&node);
                 self.asked.remove(&node);
                 state.apply_snapshot(&node, &incarnation, version, snapshot);
