@@ -257,6 +257,49 @@ async fn a_client_resumes_on_another_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_saw_nothing_resumes_on_another_node() {
+    // A subscribe to a channel with no message answers offset 0; the channel's first message then lands
+    // at a sparse offset (256 or more). Resuming from offset 0 on another node must replay it (it was
+    // `recovered: false`: the store's oldest offset was not 1, which looked like trimmed history;
+    // seen by herald-check's kill9 scenario).
+    let name = format!("test-{}", ulid::Ulid::new());
+    let _cleanup = StreamsGuard(name.clone());
+    let (cfg_a, _da) = cluster_config(&name);
+    let (cfg_b, _db) = cluster_config(&name);
+    let a = start(cfg_a);
+    let b = start(cfg_b);
+    let mut pb = Client::connect(&b.ws_url(), Enc::Json).await;
+    let warm = publish_when_ready(&mut pb, "room:warm", json!(1)).await;
+    let epoch_warm = warm["epoch"].as_str().unwrap().to_string();
+    let mut pa = Client::connect(&a.ws_url(), Enc::Json).await;
+    publish_when_ready(&mut pa, "room:warm", json!(2)).await;
+
+    let channel = "room:fresh";
+    let mut c = Client::connect(&a.ws_url(), Enc::Json).await;
+    let r = c.subscribe(channel).await;
+    assert_eq!(r["offset"], 0, "{r}");
+    let since = json!({"epoch": r["epoch"], "offset": 0});
+    drop(c);
+    let first = pa.publish(channel, json!({"i": 1})).await;
+    assert!(first["offset"].as_u64().unwrap() > 1, "sparse: {first}");
+
+    let mut c = Client::connect(&b.ws_url(), Enc::Json).await;
+    let r = c
+        .ok(json!({"type": "subscribe", "channel": channel, "since": since}))
+        .await;
+    assert_eq!(r["recovered"], true, "since {since}: {r}");
+    let m = c.next_message().await;
+    assert_eq!(
+        (m["data"]["i"].as_u64(), &m["offset"]),
+        (Some(1), &first["offset"])
+    );
+    drop(c);
+    a.shutdown().expect("node a stops");
+    b.shutdown().expect("node b stops");
+    delete_streams(&name, &epoch_warm).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_fail_fast_when_rabbitmq_is_unreachable() {
     let (mut cfg, _d) = cluster_config(&format!("test-{}", ulid::Ulid::new()));
     // Nothing listens there.

@@ -398,8 +398,18 @@ impl Handler<Subscribe> for ChannelActor {
                     .store
                     .truncated_below(self.node.log.shard_of(&self.name))
                     .map_err(|e| ChannelError::Storage(e.to_string()))?;
+                // Offsets have gaps in a cluster (a channel's first message may be at 256): a client
+                // that has seen nothing of the epoch (offset 0) is complete when nothing was trimmed.
+                let from_start = pos.offset == 0
+                    && self
+                        .node
+                        .store
+                        .holds_the_first_message(&self.name)
+                        .map_err(|e| ChannelError::Storage(e.to_string()))?;
                 let complete = pos.offset + 1 >= truncated
-                    && (pos.offset == head || oldest.is_some_and(|o| o <= pos.offset + 1));
+                    && (pos.offset == head
+                        || from_start
+                        || oldest.is_some_and(|o| o <= pos.offset + 1));
                 if *pos.epoch == *self.epoch && pos.offset <= head && complete {
                     let replayed = self
                         .node

@@ -286,6 +286,17 @@ impl Store {
         }
     }
 
+    /// Whether the oldest retained message of `channel` is the first of its epoch (message number 1):
+    /// nothing was trimmed, so a subscriber that has seen nothing of the epoch can be given all of it.
+    /// False when nothing is retained or the messages carry no number (storage format V1).
+    pub fn holds_the_first_message(&self, channel: &str) -> Result<bool, HistoryError> {
+        let prefix = keys::channel_prefix(channel);
+        match self.inner.messages.scan_prefix(&prefix).values().next() {
+            Some(v) => Ok(keys::message_seq(&v?)? == Some(1)),
+            None => Ok(false),
+        }
+    }
+
     pub(super) fn state_of(&self, channel: &str, m: Meta) -> Result<ChannelState, HistoryError> {
         Ok(ChannelState {
             oldest: self.oldest(channel)?,
