@@ -38,6 +38,9 @@ enum Cmd {
         /// Also write the JSON results to this file.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Keep each scenario's directory (node and RabbitMQ logs); its path is logged.
+        #[arg(long)]
+        keep: bool,
     },
     /// Show that each counter detects what it counts (injected drops, doubles, swaps).
     SelfTest,
@@ -72,6 +75,7 @@ async fn main() {
             converge,
             herald_bin,
             out,
+            keep,
         } => {
             let list = if scenarios.is_empty() {
                 Scenario::ALL.to_vec()
@@ -82,6 +86,7 @@ async fn main() {
                 duration: Duration::from_secs(duration),
                 herald_bin: herald_bin.unwrap_or_else(default_bin),
                 converge_within: Duration::from_secs(converge),
+                keep,
             };
             let mut results = Vec::new();
             let mut code = 0;

@@ -89,6 +89,21 @@ impl Scenario {
     }
 }
 
+/// A scenario's directory: deleted at the end, or kept.
+enum Kept {
+    Temp(tempfile::TempDir),
+    Path(PathBuf),
+}
+
+impl Kept {
+    fn path(&self) -> &std::path::Path {
+        match self {
+            Kept::Temp(t) => t.path(),
+            Kept::Path(p) => p,
+        }
+    }
+}
+
 /// Why a scenario could not run (not a finding about herald: that is the report).
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
@@ -109,6 +124,8 @@ pub struct Settings {
     pub herald_bin: PathBuf,
     /// How long to wait for the subscribers to converge after the faults stop.
     pub converge_within: Duration,
+    /// Keep each scenario's directory (node logs and data, RabbitMQ logs) instead of deleting it.
+    pub keep: bool,
 }
 
 /// What one scenario run found, besides the counters.
@@ -131,7 +148,14 @@ impl Outcome {
 
 /// Runs one scenario from scratch.
 pub async fn run(scenario: Scenario, settings: &Settings) -> Result<Outcome, CheckError> {
-    let base = tempfile::tempdir()?;
+    let dir = tempfile::Builder::new().prefix("herald-check-").tempdir()?;
+    let base = if settings.keep {
+        let kept = dir.keep();
+        tracing::info!(dir = %kept.display(), "keeping the scenario's directory");
+        Kept::Path(kept)
+    } else {
+        Kept::Temp(dir)
+    };
     let mut rabbit = PrivateRabbit::new(&base.path().join("rabbit"))?;
     rabbit.start().await?;
     let amqp = ([127, 0, 0, 1], rabbit.port()).into();
@@ -216,7 +240,10 @@ async fn wait_converged(rec: &Recorder, within: Duration) -> bool {
     }
 }
 
-/// Injects the scenario's faults for `duration`.
+/// Load without faults before the first one.
+const WARM_UP: Duration = Duration::from_secs(3);
+
+/// Injects the scenario's faults for `duration` (the first [`WARM_UP`] of it without).
 async fn faults(
     scenario: Scenario,
     duration: Duration,
@@ -225,7 +252,10 @@ async fn faults(
     running: &Running,
     rec: &Recorder,
 ) -> Result<(), CheckError> {
-    let end = Instant::now() + duration;
+    // Faults start once the load runs steadily (a broker killed within milliseconds of creating the
+    // streams is a different experiment: see docs/reliability.md).
+    tokio::time::sleep(WARM_UP.min(duration)).await;
+    let end = Instant::now() + duration.saturating_sub(WARM_UP);
     let mut storms = 0;
     while Instant::now() < end {
         let kind = match scenario {
