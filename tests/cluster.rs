@@ -447,6 +447,11 @@ async fn nodes_see_each_other_and_a_stopped_node_turns_dead() {
                 v["nodes"][1]["applied"].as_array().unwrap().len(),
                 SHARDS as usize
             );
+            assert_eq!(
+                v["nodes"][2]["lag"].as_array().map(Vec::len),
+                Some(SHARDS as usize),
+                "{v}"
+            );
             assert!(v["nodes"][2]["address"]
                 .as_str()
                 .unwrap()

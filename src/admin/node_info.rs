@@ -150,6 +150,9 @@ pub struct MemberView {
     pub subscriptions: u64,
     /// Last log index applied, per shard.
     pub applied: Vec<u64>,
+    /// Per shard, how many log indexes this node is behind the most advanced alive node (as last
+    /// heard).
+    pub lag: Vec<u64>,
 }
 
 /// The cluster as this node sees it.
@@ -160,7 +163,7 @@ pub struct ClusterView {
     pub heartbeat_ms: u64,
     pub dead_after_ms: u64,
     pub nodes: Vec<MemberView>,
-    /// Per shard, how many log indexes this node is behind the most advanced alive node.
+    /// Per shard, how many log indexes the answering node is behind the most advanced alive node.
     pub lag: Vec<u64>,
 }
 
@@ -175,6 +178,7 @@ pub(crate) async fn cluster(node: NodeData) -> HttpResponse {
         .members(&me)
         .into_iter()
         .map(|m| MemberView {
+            lag: node.membership.lag(&m.heartbeat),
             state: if m.me {
                 "self"
             } else if m.alive {
