@@ -150,8 +150,8 @@ fn script(name: &str, base: &Path) -> Command {
     let mut cmd = Command::new(root.join("cluster").join(name));
     cmd.arg(env!("CARGO_BIN_EXE_herald"))
         .current_dir(root)
-        .env("HERALD_LOCAL_DIR", base.join("run"))
-        .env("HERALD_LOCAL_CONFIGS", base.join("configs"))
+        .env("LOCAL_CLUSTER_DIR", base.join("run"))
+        .env("LOCAL_CLUSTER_CONFIGS", base.join("configs"))
         // The nodes log at the default level (info), whoever started them.
         .env_remove("RUST_LOG")
         .stdin(Stdio::null());

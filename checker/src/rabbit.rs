@@ -81,10 +81,7 @@ fn find_server() -> Option<PathBuf> {
 }
 
 fn free_port() -> Result<u16, RabbitError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(RabbitError::NoPort)
+    crate::cluster::free_port().map_err(RabbitError::NoPort)
 }
 
 async fn connect(port: u16) -> Option<TcpStream> {

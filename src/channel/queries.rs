@@ -114,7 +114,8 @@ pub async fn presence_page(
 
 /// How many sessions and distinct users are present in `name` across the cluster.
 pub async fn presence_count(node: &Arc<Hub>, name: &str) -> Result<(usize, usize), ChannelError> {
-    let members = presence_members(node, name).await?;
+    let mut members = local_presence(node, name).await?;
+    members.extend(node.cluster_state.remote_members(name));
     let users: std::collections::HashSet<&str> =
         members.iter().filter_map(|(_, u)| u.as_deref()).collect();
     Ok((members.len(), users.len()))

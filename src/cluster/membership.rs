@@ -92,21 +92,14 @@ impl Membership {
 
     /// The other nodes heard, split into alive and dead.
     pub fn others(&self, me: &str) -> (Vec<Heartbeat>, Vec<Heartbeat>) {
-        self.lock()
+        let (alive, dead): (Vec<_>, Vec<_>) = self
+            .lock()
             .values()
             .filter(|(hb, _)| hb.node != me)
             .map(|(hb, seen)| (hb.clone(), seen.elapsed() < DEAD_AFTER))
-            .fold(
-                (Vec::new(), Vec::new()),
-                |(mut alive, mut dead), (hb, ok)| {
-                    if ok {
-                        alive.push(hb)
-                    } else {
-                        dead.push(hb)
-                    }
-                    (alive, dead)
-                },
-            )
+            .partition(|(_, ok)| *ok);
+        let strip = |v: Vec<(Heartbeat, bool)>| v.into_iter().map(|(hb, _)| hb).collect();
+        (strip(alive), strip(dead))
     }
 
     /// Forgets nodes unheard for [`FORGET_AFTER`] (a node removed from the cluster leaves the table).

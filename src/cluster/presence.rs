@@ -336,15 +336,6 @@ impl ClusterState {
         out
     }
 
-    /// How many sessions other nodes have in `channel` (no member list is built).
-    pub fn remote_count(&self, channel: &str) -> usize {
-        lock(&self.remote)
-            .values()
-            .filter_map(|r| r.channels.get(channel))
-            .map(BTreeMap::len)
-            .sum()
-    }
-
     /// Connections `user` holds on other nodes, as last heard.
     pub fn remote_connections(&self, user: &str) -> u64 {
         lock(&self.remote)
@@ -475,7 +466,7 @@ mod tests {
         let mut got = joins_and_leaves(&seen);
         got.sort();
         assert_eq!(got, vec![("s3".into(), true), ("s4".into(), true)]);
-        assert_eq!(rx.remote_count("c"), 3);
+        assert_eq!(rx.remote_members("c").len(), 3);
     }
 
     #[test]
