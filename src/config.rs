@@ -58,6 +58,9 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// Serve `GET /conformance/echo`, an echo endpoint for the Autobahn conformance suite. Never in production.
     pub conformance_echo: bool,
+    /// Serve the chat example page at `/` (development; the JS client at `/client/herald.js` is always
+    /// served).
+    pub examples: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -85,6 +88,13 @@ pub struct SessionConfig {
     /// How long a `subscribe` with `since` ahead of what this node has applied (in the channel's epoch)
     /// waits for the node to apply it before it is answered `recovered: false`.
     pub resume_wait_ms: u64,
+    /// Long-polling: how long a poll with nothing to return is held before it answers an empty batch.
+    /// Keep it below the idle timeout of the proxies in front of the node. Capped at half of
+    /// `heartbeat_timeout_ms`, so a client that keeps polling is never taken for a silent one.
+    pub poll_wait_ms: u64,
+    /// Long-polling: bytes of frames gathered into one poll answer (at least one frame, whatever its
+    /// size).
+    pub poll_batch_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -271,7 +281,17 @@ impl Default for ServerConfig {
             node_id: String::new(),
             shutdown_grace_ms: 2000,
             conformance_echo: false,
+            examples: false,
         }
+    }
+}
+
+impl SessionConfig {
+    /// The poll wait in effect: `poll_wait_ms`, at most half the heartbeat timeout.
+    pub fn poll_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.poll_wait_ms.min(self.heartbeat_timeout_ms / 2).max(1),
+        )
     }
 }
 
@@ -287,6 +307,8 @@ impl Default for SessionConfig {
             max_inflight: 32,
             max_lag_ms: 30_000,
             resume_wait_ms: 2_000,
+            poll_wait_ms: 20_000,
+            poll_batch_bytes: 256 << 10,
         }
     }
 }
@@ -447,6 +469,12 @@ impl Config {
                 "session.heartbeat_timeout_ms",
                 "must be greater than session.heartbeat_ms",
             );
+        }
+        if self.session.poll_wait_ms == 0 {
+            return bad("session.poll_wait_ms", "must be greater than 0");
+        }
+        if self.session.poll_batch_bytes < 1024 {
+            return bad("session.poll_batch_bytes", "must be at least 1024");
         }
         if self.session.outbox_capacity < 16 {
             return bad("session.outbox_capacity", "must be at least 16");

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod assets;
 pub mod auth;
 pub mod channel;
 pub mod cluster;

@@ -22,11 +22,30 @@ use crate::history::Store;
 
 pub use crate::stats::Stats;
 
-/// What the node knows about one live session (for shutdown and, later, the admin API).
+/// How a session's frames travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    /// HTTP long-polling (`session::polling`).
+    LongPolling,
+}
+
+impl Transport {
+    /// The `transport` label of metrics and the admin API.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::LongPolling => "long_polling",
+        }
+    }
+}
+
+/// What the node knows about one live session (for shutdown and the admin API).
 #[derive(Clone)]
 pub struct SessionEntry {
     pub user: Option<Arc<str>>,
     pub peer: Option<SocketAddr>,
+    pub transport: Transport,
     pub connected_at: SystemTime,
     /// Asks the session to close with a code.
     pub evict: Recipient<Evict>,

@@ -179,15 +179,23 @@ async fn run_inner(
         start_bus(&node);
     }
     crate::channel::start_sweeper(node.hub.clone());
+    let polls = Arc::new(session::polling::Polls::default());
+    session::polling::start_sweeper(polls.clone(), node.config.session.poll_wait());
+    let polls = web::Data::new(polls);
     let workers = threads(node.config.server.workers);
     let data = web::Data::new(node.clone());
     let user_timeout = Duration::from_millis(node.config.session.heartbeat_timeout_ms);
     let client = HttpServer::new({
         let data = data.clone();
         move || {
+            let polls = polls.clone();
+            let max_frame = data.config.limits.max_frame_bytes;
+            let examples = data.config.server.examples;
             let app = App::new()
                 .app_data(data.clone())
-                .route("/ws", web::get().to(session::handshake::route));
+                .route("/ws", web::get().to(session::handshake::route))
+                .configure(|cfg| session::polling::routes(cfg, polls, max_frame))
+                .configure(|cfg| crate::assets::routes(cfg, examples));
             if data.config.server.conformance_echo {
                 app.route("/conformance/echo", web::get().to(session::echo::route))
             } else {

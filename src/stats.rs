@@ -12,6 +12,8 @@ use crate::metrics::{Histogram, LAG_BUCKETS, LATENCY_BUCKETS, LIFETIME_BUCKETS};
 #[derive(Debug)]
 pub struct Stats {
     pub sessions: AtomicI64,
+    /// Of `sessions`, those on the long-polling transport.
+    pub polling_sessions: AtomicI64,
     pub subscriptions: AtomicI64,
     pub channels: AtomicI64,
     pub connections_opened: AtomicU64,
@@ -51,6 +53,7 @@ impl Default for Stats {
     fn default() -> Self {
         Stats {
             sessions: AtomicI64::new(0),
+            polling_sessions: AtomicI64::new(0),
             subscriptions: AtomicI64::new(0),
             channels: AtomicI64::new(0),
             connections_opened: AtomicU64::new(0),

@@ -749,6 +749,8 @@ async fn openapi_document_describes_every_endpoint() {
     );
 }
 
+const WS_CONNECTIONS: &str = r#"herald_connections{transport="websocket"}"#;
+
 #[tokio::test]
 async fn metrics_move_when_traffic_flows() {
     let (cfg, _dir) = admin_config();
@@ -756,7 +758,8 @@ async fn metrics_move_when_traffic_flows() {
     let admin = Admin::new(node.admin_addr);
     let before = parse_metrics(&admin.metrics().await);
     for name in [
-        "herald_connections",
+        r#"herald_connections{transport="websocket"}"#,
+        r#"herald_connections{transport="long_polling"}"#,
         "herald_connections_opened_total",
         "herald_connections_closed_total",
         "herald_connection_lifetime_seconds_count",
@@ -778,7 +781,7 @@ async fn metrics_move_when_traffic_flows() {
         assert!(before.contains_key(name), "{name} missing");
     }
     assert!(before["herald_process_resident_memory_bytes"] > 1e6);
-    assert_eq!(before["herald_connections"], 0.0);
+    assert_eq!(before[WS_CONNECTIONS], 0.0);
 
     let url = node.ws_url();
     let mut a = Client::connect(&url, Enc::Json).await;
@@ -792,7 +795,7 @@ async fn metrics_move_when_traffic_flows() {
         b.next_message().await;
     }
     let during = parse_metrics(&admin.metrics().await);
-    assert_eq!(during["herald_connections"], 2.0);
+    assert_eq!(during[WS_CONNECTIONS], 2.0);
     assert_eq!(during["herald_subscriptions"], 2.0);
     assert!(during["herald_channels_active"] >= 1.0);
     assert!(during["herald_memory_per_connection_bytes"] > 0.0);
@@ -815,7 +818,7 @@ async fn metrics_move_when_traffic_flows() {
             after["herald_connections_closed_total"] - before["herald_connections_closed_total"];
         let lifetimes = after["herald_connection_lifetime_seconds_count"]
             - before["herald_connection_lifetime_seconds_count"];
-        if after["herald_connections"] == 0.0
+        if after[WS_CONNECTIONS] == 0.0
             && after["herald_subscriptions"] == 0.0
             && closed == 2.0
             && lifetimes == 2.0

@@ -22,14 +22,23 @@ pub enum ClusterError {
     Io(#[from] std::io::Error),
     #[error("proxy: {0}")]
     Proxy(String),
-    #[error("node {node} did not become ready within {secs} s (log: {log})")]
+    #[error(
+        "node {node} did not become ready within {secs} s (log: {log}); last log lines:\n{tail}"
+    )]
     NotReady {
         node: String,
         secs: u64,
         log: String,
+        tail: String,
     },
     #[error("node {node} did not exit within {secs} s after SIGTERM")]
     NoExit { node: String, secs: u64 },
+}
+
+/// The last `n` lines of `text`.
+pub fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// A port nobody listens on right now.
@@ -101,7 +110,8 @@ impl Node {
             .kill_on_drop(true)
             .spawn()?;
         self.child = Some(child);
-        self.wait_ready(Duration::from_secs(30)).await
+        // A first connect to a freshly booted RabbitMQ can take one set-up timeout (15 s) and a retry.
+        self.wait_ready(Duration::from_secs(60)).await
     }
 
     /// Waits until `/readyz` answers 200.
@@ -117,6 +127,10 @@ impl Node {
             node: self.id.clone(),
             secs: within.as_secs(),
             log: self.log_path().display().to_string(),
+            tail: last_lines(
+                &std::fs::read_to_string(self.log_path()).unwrap_or_default(),
+                20,
+            ),
         })
     }
 

@@ -371,8 +371,7 @@ impl PrivateRabbit {
         if text.trim().is_empty() {
             text = std::fs::read_to_string(self.dir.join("startup.log")).unwrap_or_default();
         }
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        crate::cluster::last_lines(&text, 20)
     }
 
     /// Kills what is left of the script's process group and collects its exit status.

@@ -15,6 +15,7 @@ use crate::admission::RefusedBy;
 use crate::auth::AuthError;
 use crate::metrics::HistogramSnapshot;
 use crate::node::{Node, Stats};
+use crate::session::Transport;
 
 /// Content type of the Prometheus text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -106,7 +107,22 @@ pub fn render(node: &Node) -> String {
 
     // Connections.
     let sessions = Stats::get(&s.sessions).max(0);
-    o.gauge("herald_connections", "Open client connections.", sessions);
+    let polling = Stats::get(&s.polling_sessions).clamp(0, sessions);
+    o.head(
+        "herald_connections",
+        "gauge",
+        "Open client connections, by transport.",
+    );
+    for (transport, n) in [
+        (Transport::WebSocket, sessions - polling),
+        (Transport::LongPolling, polling),
+    ] {
+        let _ = writeln!(
+            o.0,
+            "herald_connections{{transport=\"{}\"}} {n}",
+            transport.label()
+        );
+    }
     o.counter(
         "herald_connections_opened_total",
         "Client connections accepted.",

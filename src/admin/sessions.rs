@@ -41,6 +41,8 @@ pub struct ConnectionView {
     pub user: Option<String>,
     /// Client address as seen by the node.
     pub peer: Option<String>,
+    /// `websocket` or `long_polling`.
+    pub transport: String,
     /// When the connection was opened (ms since the Unix epoch).
     pub connected_at_ms: u64,
 }
@@ -126,6 +128,7 @@ pub(crate) async fn connections(
             session: id.to_string(),
             user: e.user.as_deref().map(str::to_owned),
             peer: e.peer.map(|p| p.to_string()),
+            transport: e.transport.label().to_string(),
             connected_at_ms: params::unix_ms(e.connected_at),
         })
         .collect();

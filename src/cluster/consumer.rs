@@ -20,7 +20,9 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection};
 use tokio::sync::{mpsc, watch};
 
-use super::stream::{batch_offset, connect, entry_index, unavailable, Batch, StreamNames};
+use super::stream::{
+    batch_offset, connect, entry_index, set_up_within, unavailable, Batch, StreamNames,
+};
 use super::{CommittedEntry, LogError, Placement, Position};
 use crate::config::{ClusterConfig, MAX_BATCH};
 use crate::history::Store;
@@ -46,7 +48,8 @@ pub(super) async fn follow(
         Ok(g) => g.clone().unwrap_or_default(),
         Err(_) => return,
     };
-    if let Err(e) = start_consumers(&cfg, &names, &store, &gen, &after, &tx).await {
+    let start = start_consumers(&cfg, &names, &store, &gen, &after, &tx);
+    if let Err(e) = set_up_within(&cfg, "the consumers' set-up", start).await {
         let _ = tx.send(Err(e)).await;
     }
 }

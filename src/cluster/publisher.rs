@@ -20,8 +20,8 @@ use lapin::{Channel, Connection};
 use tokio::sync::{oneshot, watch};
 
 use super::stream::{
-    agree_generation, backoff, connect, declare_stream, publish_confirmed, stream_args,
-    unavailable, Batch, StreamNames,
+    agree_generation, backoff, connect, declare_stream, publish_confirmed, set_up_within,
+    stream_args, unavailable, Batch, StreamNames,
 };
 use super::{Entry, EntryKind, LogError};
 use crate::config::{ClusterConfig, MAX_BATCH};
@@ -101,7 +101,14 @@ impl Publisher {
             self.node.clone(),
             self.created,
         );
-        let setup = async move { open_link(&cfg, &names, &node, created).await };
+        let setup = async move {
+            set_up_within(
+                &cfg,
+                "the publisher's set-up",
+                open_link(&cfg, &names, &node, created),
+            )
+            .await
+        };
         ctx.spawn(setup.into_actor(self).map(|res, act, ctx| match res {
             Ok((conn, ch, generation)) => {
                 tracing::info!(cluster = %act.cfg.name, %generation, shards = act.cfg.shards, "cluster publisher connected");

@@ -238,6 +238,28 @@ pub(super) async fn connect(cfg: &ClusterConfig) -> Result<Connection, LogError>
     }
 }
 
+/// Runs a link's whole set-up (connect, generation, declares, consumers) within
+/// `connect_timeout_ms + 2 x confirm_timeout_ms`: a step RabbitMQ never answers (a stream declare
+/// on a broker whose stream coordinator is not up yet can hang) fails the attempt, which is retried
+/// with backoff, instead of leaving the link "connecting" forever.
+pub(super) async fn set_up_within<T>(
+    cfg: &ClusterConfig,
+    what: &str,
+    setup: impl std::future::Future<Output = Result<T, LogError>>,
+) -> Result<T, LogError> {
+    let limit = Duration::from_millis(
+        cfg.connect_timeout_ms
+            .saturating_add(cfg.confirm_timeout_ms.saturating_mul(2)),
+    );
+    tokio::time::timeout(limit, setup)
+        .await
+        .unwrap_or_else(|_| {
+            Err(LogError::Unavailable(format!(
+                "RabbitMQ: {what} did not finish within {limit:?}"
+            )))
+        })
+}
+
 pub(super) fn unavailable(e: impl std::fmt::Display) -> LogError {
     LogError::Unavailable(format!("RabbitMQ: {e}"))
 }

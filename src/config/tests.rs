@@ -9,12 +9,19 @@ fn shipped_default_toml_matches_builtin_defaults() {
         .extract()
         .expect("config/default.toml parses");
     let mut builtin = Config::default();
-    // The one deliberate difference: the development file accepts anonymous clients.
+    // The deliberate differences: the development file accepts anonymous clients...
     assert!(
         !builtin.auth.anonymous,
         "the built-in default refuses anonymous clients"
     );
     builtin.auth.anonymous = true;
+    // And it serves the chat example at http://127.0.0.1:8000/, which needs that origin allowed.
+    assert!(!builtin.server.examples && builtin.server.allowed_origins.is_empty());
+    builtin.server.examples = true;
+    builtin.server.allowed_origins = vec![
+        "http://127.0.0.1:8000".to_string(),
+        "http://localhost:8000".to_string(),
+    ];
     assert_eq!(from_file, builtin);
 }
 

@@ -1,6 +1,6 @@
 //! The WebSocket handshake: everything decided before the upgrade (draining, Origin, subprotocol, token,
-//! connection limits), then the start of
-//! the session actor and its writer on the accepting worker.
+//! connection limits), then the start of the session actor and its writer on the accepting worker.
+//! The long-polling transport ([`super::polling`]) opens its sessions through the same checks.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use actix::{Actor, AsyncContext};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::{writer, Session};
+use super::{writer, Session, Transport};
 use crate::admission::{Refusal, RefusedBy};
 use crate::auth::{AuthError, Claims};
 use crate::node::Node;
@@ -42,7 +42,7 @@ fn choose_subprotocol(req: &HttpRequest) -> Result<Option<&'static str>, ()> {
 
 /// Whether the request's Origin (if any) is allowed. Requests without Origin come from non-browser clients
 /// and are allowed; browsers always send it.
-fn origin_allowed(req: &HttpRequest, allowed: &[String]) -> bool {
+pub(crate) fn origin_allowed(req: &HttpRequest, allowed: &[String]) -> bool {
     let Some(origin) = req.headers().get(header::ORIGIN) else {
         return true;
     };
@@ -75,7 +75,7 @@ struct TokenQuery {
 }
 
 /// Verifies the handshake's token, if any. No token is fine only when anonymous connections are allowed.
-fn authenticate(req: &HttpRequest, node: &Node) -> Result<Option<Claims>, AuthError> {
+pub(crate) fn authenticate(req: &HttpRequest, node: &Node) -> Result<Option<Claims>, AuthError> {
     match token_of(req)? {
         Some(t) => node.auth.verify(&t).map(Some),
         None if node.auth.anonymous => Ok(None),
@@ -126,6 +126,61 @@ fn refuse(node: &Node, req: &HttpRequest, refusal: &Refusal) -> HttpResponse {
         .body(format!("{refusal}; retry after {secs} s"))
 }
 
+/// The answer to a request that was refused (boxed: refusals are the cold path).
+pub(crate) type Refused = Box<HttpResponse>;
+
+/// The checks every new session passes before its transport is chosen: the node is not draining, and
+/// the Origin is allowed. `Err` is the answer to send.
+pub(crate) fn check_node_and_origin(req: &HttpRequest, node: &Node) -> Result<(), Refused> {
+    if node.is_draining() {
+        refused(node, req, RefusedBy::Draining, &"the node is shutting down");
+        return Err(Box::new(
+            HttpResponse::ServiceUnavailable()
+                .insert_header((header::RETRY_AFTER, "1"))
+                .body("node is shutting down; retry another node or later"),
+        ));
+    }
+    if !origin_allowed(req, &node.config.server.allowed_origins) {
+        refused(
+            node,
+            req,
+            RefusedBy::Origin,
+            &"origin not in server.allowed_origins",
+        );
+        return Err(Box::new(
+            HttpResponse::Forbidden().body("origin not allowed"),
+        ));
+    }
+    Ok(())
+}
+
+/// The connect rate, the token and the connection limits, in that order (the connect rate comes
+/// before the signature check, so a flood of forged tokens costs no RSA work). `Ok` holds the claims
+/// and the admission slot of the new session.
+pub(crate) fn admit(
+    req: &HttpRequest,
+    node: &Node,
+) -> Result<(Option<Claims>, crate::admission::Ticket), Refused> {
+    if let Err(refusal) = node.admission.check_rate(req.peer_addr().map(|a| a.ip())) {
+        return Err(Box::new(refuse(node, req, &refusal)));
+    }
+    let claims = authenticate(req, node).map_err(|e| Box::new(unauthorized(node, req, e)))?;
+    let user: Option<Arc<str>> = claims.as_ref().map(|c| Arc::from(c.sub.as_str()));
+    match node.admission.admit(req.peer_addr().map(|a| a.ip()), user) {
+        Ok(t) => Ok((claims, t)),
+        Err(refusal) => Err(Box::new(refuse(node, req, &refusal))),
+    }
+}
+
+/// 401 for a token that does not verify (counted by reason).
+pub(crate) fn unauthorized(node: &Node, req: &HttpRequest, e: AuthError) -> HttpResponse {
+    node.stats.auth_failures[e.index()].fetch_add(1, Ordering::Relaxed);
+    refused(node, req, RefusedBy::Auth, &e);
+    HttpResponse::Unauthorized()
+        .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
+        .body(format!("unauthorized: {e}"))
+}
+
 /// `GET /ws`.
 pub async fn route(
     req: HttpRequest,
@@ -133,25 +188,8 @@ pub async fn route(
     node: web::Data<Arc<Node>>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let node: Arc<Node> = node.get_ref().clone();
-    if node.is_draining() {
-        refused(
-            &node,
-            &req,
-            RefusedBy::Draining,
-            &"the node is shutting down",
-        );
-        return Ok(HttpResponse::ServiceUnavailable()
-            .insert_header((header::RETRY_AFTER, "1"))
-            .body("node is shutting down; retry another node or later"));
-    }
-    if !origin_allowed(&req, &node.config.server.allowed_origins) {
-        refused(
-            &node,
-            &req,
-            RefusedBy::Origin,
-            &"origin not in server.allowed_origins",
-        );
-        return Ok(HttpResponse::Forbidden().body("origin not allowed"));
+    if let Err(answer) = check_node_and_origin(&req, &node) {
+        return Ok(*answer);
     }
     let protocol = match choose_subprotocol(&req) {
         Ok(p) => p,
@@ -170,27 +208,9 @@ pub async fn route(
     let encoding = protocol
         .and_then(Encoding::from_subprotocol)
         .unwrap_or(Encoding::Json);
-    // The connect rate comes before the signature check, so a flood of forged tokens costs no RSA work.
-    if let Err(refusal) = node.admission.check_rate(req.peer_addr().map(|a| a.ip())) {
-        return Ok(refuse(&node, &req, &refusal));
-    }
-    let claims = match authenticate(&req, &node) {
-        Ok(c) => c,
-        Err(e) => {
-            node.stats.auth_failures[e.index()].fetch_add(1, Ordering::Relaxed);
-            refused(&node, &req, RefusedBy::Auth, &e);
-            return Ok(HttpResponse::Unauthorized()
-                .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
-                .body(format!("unauthorized: {e}")));
-        }
-    };
-    let user: Option<Arc<str>> = claims.as_ref().map(|c| Arc::from(c.sub.as_str()));
-    let ticket = match node
-        .admission
-        .admit(req.peer_addr().map(|a| a.ip()), user.clone())
-    {
-        Ok(t) => t,
-        Err(refusal) => return Ok(refuse(&node, &req, &refusal)),
+    let (claims, ticket) = match admit(&req, &node) {
+        Ok(admitted) => admitted,
+        Err(answer) => return Ok(*answer),
     };
     let protocols: Vec<&str> = protocol.into_iter().collect();
     let (response, ws, stream) = actix_ws::handle_with_protocols(&req, body, &protocols)?;
@@ -199,7 +219,8 @@ pub async fn route(
     let stream = writer::limited(stream, node.config.limits.max_frame_bytes);
     let max_chunk = node.config.session.write_buffer_bytes;
     let peer = req.peer_addr();
-    let (session, outbox, close) = Session::new(node, encoding, claims, ticket, peer);
+    let (session, outbox, close) =
+        Session::new(node, Transport::WebSocket, encoding, claims, ticket, peer);
     let stream = super::inflight::Gated::new(stream, session.gate());
     Session::create(move |ctx| {
         ctx.add_stream(stream);

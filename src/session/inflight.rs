@@ -49,6 +49,24 @@ impl Gate {
     fn full(&self) -> bool {
         self.in_flight() >= self.0.max
     }
+
+    /// `Ready` while the gate has room; else registers the reader to be woken when a slot returns.
+    fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.full() {
+            self.0.reader.register(cx.waker());
+            // A slot may have come back between the check and the registration.
+            if self.full() {
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(())
+    }
+
+    /// Waits until the gate has room: the long-polling transport's reader (the one `POST` in
+    /// progress of a session) waits here before it hands the session its next frame.
+    pub async fn room(&self) {
+        std::future::poll_fn(|cx| self.poll_room(cx)).await
+    }
 }
 
 /// One command in flight.
@@ -80,12 +98,8 @@ impl<S: Stream + Unpin> Stream for Gated<S> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
         let this = self.get_mut();
-        if this.gate.full() {
-            this.gate.0.reader.register(cx.waker());
-            // A slot may have come back between the check and the registration.
-            if this.gate.full() {
-                return Poll::Pending;
-            }
+        if this.gate.poll_room(cx).is_pending() {
+            return Poll::Pending;
         }
         Pin::new(&mut this.inner).poll_next(cx)
     }

@@ -1,4 +1,6 @@
-//! Sessions: one actix actor per WebSocket connection.
+//! Sessions: one actix actor per connection, whatever its transport (WebSocket, or HTTP long-polling
+//! through [`polling`]: the same actor, outbox, limits and close codes; only the way bytes leave
+//! differs).
 //!
 //! The session actor lives on the worker thread that accepted the connection. It reads frames from the
 //! socket (`ctx.add_stream`), decodes and validates each through [`crate::protocol`], applies rate limits,
@@ -14,6 +16,8 @@ mod commands;
 pub mod echo;
 pub mod handshake;
 pub mod inflight;
+pub mod output;
+pub mod polling;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -37,9 +41,12 @@ use crate::protocol::{
 };
 use writer::CloseRequest;
 
+pub use crate::node::Transport;
+
 /// The actor of one connection.
 pub struct Session {
     id: Arc<str>,
+    transport: Transport,
     user: Option<Arc<str>>,
     /// Claims of the connection's token; `None` for anonymous connections.
     claims: Option<Claims>,
@@ -72,6 +79,7 @@ impl Session {
     /// Builds the actor and the writer's ends of its outbox and close signal.
     pub fn new(
         node: Arc<Node>,
+        transport: Transport,
         encoding: Encoding,
         claims: Option<Claims>,
         ticket: Ticket,
@@ -94,6 +102,7 @@ impl Session {
         );
         let session = Session {
             id,
+            transport,
             span,
             user: claims.as_ref().map(|c| Arc::from(c.sub.as_str())),
             claims,
@@ -327,12 +336,16 @@ impl Actor for Session {
         let _span = self.span.clone().entered();
         tracing::debug!("session started");
         Stats::gauge(&self.node.stats.sessions, 1);
+        if self.transport == Transport::LongPolling {
+            Stats::gauge(&self.node.stats.polling_sessions, 1);
+        }
         Stats::add(&self.node.stats.connections_opened, 1);
         self.node.sessions.insert(
             self.id.clone(),
             SessionEntry {
                 user: self.user.clone(),
                 peer: self.peer,
+                transport: self.transport,
                 connected_at: SystemTime::now(),
                 evict: ctx.address().recipient(),
             },
@@ -350,8 +363,11 @@ impl Actor for Session {
             }),
             ctx,
         );
-        let every = Duration::from_millis(self.node.config.session.heartbeat_ms);
-        ctx.run_interval(every, |act, ctx| act.push(Outgoing::Ping, ctx));
+        if self.transport == Transport::WebSocket {
+            // A long-polling client shows it is alive by polling; it has no WebSocket ping to answer.
+            let every = Duration::from_millis(self.node.config.session.heartbeat_ms);
+            ctx.run_interval(every, |act, ctx| act.push(Outgoing::Ping, ctx));
+        }
         self.watch_silence(ctx);
         self.arm_expiry(ctx);
         if self.node.is_draining() {
@@ -368,6 +384,9 @@ impl Actor for Session {
         }
         self.node.sessions.remove(&self.id);
         Stats::gauge(&self.node.stats.sessions, -1);
+        if self.transport == Transport::LongPolling {
+            Stats::gauge(&self.node.stats.polling_sessions, -1);
+        }
         Stats::add(&self.node.stats.connections_closed, 1);
         self.node
             .stats
@@ -407,5 +426,49 @@ impl Handler<Evict> for Session {
     fn handle(&mut self, msg: Evict, ctx: &mut Self::Context) {
         let _span = self.span.clone().entered();
         self.close(msg.code, msg.reason.as_deref(), ctx);
+    }
+}
+
+/// A client frame that arrived by long-polling (`POST /poll/send`), one per message, in order.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Received(pub bytes::Bytes);
+
+impl Handler<Received> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Received, ctx: &mut Self::Context) {
+        let _span = self.span.clone().entered();
+        self.last_seen = Instant::now();
+        let encoding = self.encoding;
+        self.on_data(&msg.0, encoding, ctx);
+    }
+}
+
+/// The long-polling client is there (it polled or sent): the heartbeat timeout starts again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Seen;
+
+impl Handler<Seen> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Seen, _ctx: &mut Self::Context) {
+        self.last_seen = Instant::now();
+    }
+}
+
+/// The long-polling client closes its session (`POST /poll/close`): the same as a WebSocket close
+/// frame with 1000.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ClientClose;
+
+impl Handler<ClientClose> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: ClientClose, ctx: &mut Self::Context) {
+        let _span = self.span.clone().entered();
+        self.closed_by_client(Some(CloseCode::Normal.code()), ctx);
     }
 }

@@ -31,7 +31,8 @@ use actix_web::body::{BodySize, BoxBody, MessageBody};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::channel::{Cursor, Item, OutboxReceiver};
+use super::output::Output;
+use crate::channel::OutboxReceiver;
 use crate::protocol::{close_frame, Outgoing};
 
 /// Applies the frame-size limit to actix-ws's incoming side and aggregates continuation frames.
@@ -66,7 +67,7 @@ pub struct CloseRequest {
 
 /// The body of an upgraded connection.
 pub struct OutboxBody {
-    outbox: OutboxReceiver,
+    output: Output,
     close: oneshot::Receiver<CloseRequest>,
     /// What is left of the frame being handed out. A frame is never interrupted, not even by a close.
     rest: Bytes,
@@ -75,10 +76,6 @@ pub struct OutboxBody {
     closing: bool,
     /// Most bytes handed out per poll (`session.write_buffer_bytes`).
     max_chunk: usize,
-    /// The connection's subscriptions.
-    cursors: Vec<Cursor>,
-    /// The cursor asked first for the next message (they take turns).
-    turn: usize,
     /// actix-ws's body, held so that dropping ours tells its message stream the connection ended.
     _ws_body: BoxBody,
 }
@@ -91,51 +88,13 @@ impl OutboxBody {
         max_chunk: usize,
     ) -> Self {
         OutboxBody {
-            outbox,
+            output: Output::new(outbox),
             close,
             rest: Bytes::new(),
             last: None,
             closing: false,
             max_chunk: max_chunk.max(1),
-            cursors: Vec::new(),
-            turn: 0,
             _ws_body: ws_body,
-        }
-    }
-
-    /// The next frame to write: a queued control frame first, else the next message of a subscription.
-    /// `Ready(None)` when the outbox is closed (the session is gone).
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        match self.outbox.poll_recv(cx) {
-            Poll::Ready(Some(Item::Frame(out))) => return Poll::Ready(Some(out.into_wire())),
-            Poll::Ready(Some(Item::Subscribed(reply, cursor))) => {
-                self.cursors.push(cursor);
-                return Poll::Ready(Some(reply.into_wire()));
-            }
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => {}
-        }
-        let n = self.cursors.len();
-        let mut ended = false;
-        let mut next = None;
-        for k in 0..n {
-            let i = (self.turn + k) % n;
-            match self.cursors[i].poll_frame(cx) {
-                Poll::Ready(Some(out)) => {
-                    self.turn = i + 1;
-                    next = Some(out.into_wire());
-                    break;
-                }
-                Poll::Ready(None) => ended = true,
-                Poll::Pending => {}
-            }
-        }
-        if ended {
-            self.cursors.retain(|c| !c.is_ended());
-        }
-        match next {
-            Some(bytes) => Poll::Ready(Some(bytes)),
-            None => Poll::Pending,
         }
     }
 
@@ -154,7 +113,7 @@ impl OutboxBody {
         };
         self.last = Some(close);
         self.closing = true;
-        self.cursors.clear();
+        self.output.clear_cursors();
     }
 }
 
@@ -185,8 +144,8 @@ impl MessageBody for OutboxBody {
                     None => return Poll::Ready(None),
                 }
             } else {
-                match this.poll_frame(cx) {
-                    Poll::Ready(Some(bytes)) => this.rest = bytes,
+                match this.output.poll_next(cx) {
+                    Poll::Ready(Some(out)) => this.rest = out.into_wire(),
                     Poll::Ready(None) => {
                         this.start_close(None);
                         this.rest = this.last.take().unwrap_or_default();

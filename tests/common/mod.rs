@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod http;
+pub mod poll;
 
 use std::time::Duration;
 
