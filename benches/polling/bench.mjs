@@ -137,7 +137,7 @@ async function phase(name, node, transports) {
 const dir = mkdtempSync(path.join(os.tmpdir(), 'herald-polling-bench-'));
 const port = await freePort();
 const adminPort = await freePort();
-const child = spawn(args.bin, ['serve', '--listen', `127.0.0.1:${port}`, '--admin-listen', `127.0.0.1:${adminPort}`,
+const child = spawn(path.resolve(args.bin), ['serve', '--listen', `127.0.0.1:${port}`, '--admin-listen', `127.0.0.1:${adminPort}`,
   '--data-dir', path.join(dir, 'data')], {
   cwd: dir,
   env: {
