@@ -29,7 +29,7 @@ const { values: args } = parseArgs({
     clients: { type: 'string', default: '100' },
     rate: { type: 'string', default: '100' },
     secs: { type: 'string', default: '20' },
-    bin: { type: 'string', default: process.env.HERALD_BIN || path.join(root, 'target/release/herald') },
+    bin: { type: 'string', default: process.env.BENCH_HERALD_BIN || path.join(root, 'target/release/herald') },
   },
 });
 const CLIENTS = Number(args.clients);
@@ -141,7 +141,8 @@ const child = spawn(path.resolve(args.bin), ['serve', '--listen', `127.0.0.1:${p
   '--data-dir', path.join(dir, 'data')], {
   cwd: dir,
   env: {
-    ...process.env,
+    // herald reads every HERALD_* variable as configuration: none of the caller's pass through.
+    ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('HERALD_'))),
     HERALD_AUTH__ANONYMOUS: 'true',
     HERALD_LIMITS__CONNECTS_PER_SECOND_PER_IP: '100000',
     HERALD_LIMITS__MAX_CONNECTIONS_PER_IP: '100000',

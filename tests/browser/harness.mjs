@@ -1,4 +1,4 @@
-// The browser tests' harness: a real herald node (the debug binary, or $HERALD_BIN) on fixed ports so it
+// The browser tests' harness: a real herald node (the debug binary, or $TEST_HERALD_BIN) on fixed ports so it
 // can be killed with SIGKILL and started again on the same data, an in-test HTTP proxy that can refuse
 // WebSocket upgrades and lose long-polling answers, headless Chromium from Debian through playwright-core,
 // and a Node publisher that uses the same JS client (clients/js/herald.js) over the `ws` package.
@@ -47,7 +47,7 @@ export class Node {
   constructor({ origins = [] } = {}) {
     this.dir = mkdtempSync(path.join(os.tmpdir(), 'herald-browser-'));
     this.origins = origins;
-    this.bin = process.env.HERALD_BIN || path.join(ROOT, 'target/debug/herald');
+    this.bin = process.env.TEST_HERALD_BIN || path.join(ROOT, 'target/debug/herald');
     this.log = [];
   }
 
@@ -65,7 +65,9 @@ export class Node {
     ], {
       cwd: path.join(this.dir, 'cwd'),
       env: {
-        ...process.env,
+        // herald reads every HERALD_* variable as configuration (and refuses unknown ones): none of
+        // the caller's pass through.
+        ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('HERALD_'))),
         HERALD_AUTH__ANONYMOUS: 'true',
         HERALD_SERVER__EXAMPLES: 'true',
         HERALD_SERVER__ALLOWED_ORIGINS: JSON.stringify(origins),
@@ -78,7 +80,13 @@ export class Node {
     for (const s of [this.child.stdout, this.child.stderr]) {
       s.on('data', (d) => { this.log.push(String(d)); if (this.log.length > 200) this.log.shift(); });
     }
-    await waitFor('the node to be ready', async () => (await status(this.adminPort, '/readyz')) === 200);
+    const exited = () => this.child.exitCode !== null;
+    await waitFor('the node to be ready', async () => {
+      if (exited()) throw new Error(`herald exited (${this.child.exitCode}): ${this.log.join('').slice(-2000)}`);
+      return (await status(this.adminPort, '/readyz')) === 200;
+    }).catch((e) => {
+      throw new Error(`${e.message}; its output: ${this.log.join('').slice(-2000)}`);
+    });
   }
 
   /** SIGKILL, and wait for the process to be gone. */
