@@ -13,6 +13,7 @@ mod idle;
 mod plot;
 mod procs;
 mod scenarios;
+mod transports;
 mod util;
 
 use clap::{Args, Parser, Subcommand};
@@ -65,6 +66,9 @@ enum Cmd {
     Churn(churn::ChurnArgs),
     /// Publish M messages, then resume from offset 0 and time the replay (herald only)
     Replay(scenarios::ReplayArgs),
+    /// WebSocket against long-polling subscribers at a fixed rate (herald only): latency, HTTP
+    /// requests per delivery, server CPU per delivery
+    Transports(transports::TransportsArgs),
     /// Draw comparison plots from several result files
     Plot {
         /// Output directory
@@ -106,6 +110,10 @@ fn main() {
         Cmd::Replay(a) => (
             Some(a.common.clone()),
             local.block_on(&rt, scenarios::replay(a)),
+        ),
+        Cmd::Transports(a) => (
+            Some(a.common.clone()),
+            local.block_on(&rt, transports::run(a)),
         ),
         Cmd::Plot { dir, files } => {
             let mut runs = Vec::new();

@@ -139,26 +139,30 @@ struct FanStats {
     first_close: Option<String>,
 }
 
-struct PubRun {
-    start_ns: u64,
-    rate: f64,
-    n: u64,
-    done: oneshot::Sender<PubReport>,
+pub(crate) struct PubRun {
+    pub start_ns: u64,
+    pub rate: f64,
+    pub n: u64,
+    pub done: oneshot::Sender<PubReport>,
 }
 
 #[derive(Debug, Default, Clone)]
-struct PubReport {
-    sent: u64,
+pub(crate) struct PubReport {
+    pub sent: u64,
     replies: u64,
     errors: u64,
     first_error: Option<String>,
-    max_lag_ms: f64,
+    pub max_lag_ms: f64,
     closed: bool,
 }
 
 /// Open-loop publisher on its own thread and runtime, so its schedule does not depend on how busy
 /// the receiving core is. Every 1 ms tick it sends all frames that are due, in one write.
-fn spawn_publisher(t: Target, channel: String, size: usize) -> R<mpsc::UnboundedSender<PubRun>> {
+pub(crate) fn spawn_publisher(
+    t: Target,
+    channel: String,
+    size: usize,
+) -> R<mpsc::UnboundedSender<PubRun>> {
     let (tx, mut rx) = mpsc::unbounded_channel::<PubRun>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     std::thread::Builder::new()
