@@ -109,8 +109,9 @@ pub struct PollEntry {
     polls: AtomicU64,
     superseded: Notify,
     reader: tokio::sync::Mutex<Reader>,
-    /// The number of the last client batch handed to the session (sends are numbered 1, 2, ...).
-    pub sends: tokio::sync::Mutex<u64>,
+    /// The number of the last client batch handed to the session (sends are numbered 1, 2, ...),
+    /// locked while a batch is being handed over.
+    pub sends: Arc<tokio::sync::Mutex<u64>>,
     /// Since when the session actor is gone (the entry is dropped a poll wait later).
     gone_since: Mutex<Option<Instant>>,
 }
@@ -138,7 +139,7 @@ impl PollEntry {
                 next_seq: 1,
                 closed: false,
             }),
-            sends: tokio::sync::Mutex::new(0),
+            sends: Arc::new(tokio::sync::Mutex::new(0)),
             gone_since: Mutex::new(None),
         }
     }

@@ -299,7 +299,7 @@ async fn hand_over(req: &HttpRequest, body: &[u8], node: &Node, entry: &PollEntr
         }
     }
     // One batch at a time, in order: the lock is held until every frame is handed over.
-    let mut last = entry.sends.lock().await;
+    let mut last = entry.sends.clone().lock_owned().await;
     if seq <= *last {
         // Sent again after its answer was lost: already handed over.
         return HttpResponse::NoContent().finish();
@@ -325,15 +325,25 @@ async fn hand_over(req: &HttpRequest, body: &[u8], node: &Node, entry: &PollEntr
         Err(e) => return error(HttpResponse::BadRequest(), "bad_request", e),
     };
     *last = seq;
-    for frame in frames {
-        // At `session.max_inflight` commands in flight the session reads no further (as it stops
-        // reading a socket); this request waits, and so does the client's next batch.
-        entry.gate.room().await;
-        if entry.session.send(Received(frame)).await.is_err() {
-            return error(HttpResponse::Gone(), "closed", "the session ended");
+    // From here the batch counts as handed over (a repeat of `seq` is a no-op), so it is handed over
+    // in full even if this request goes away meanwhile: by a task of its own, not by the request.
+    let (gate, session) = (entry.gate.clone(), entry.session.clone());
+    let handing = actix_web::rt::spawn(async move {
+        let _in_order = last; // the next batch waits until this one is handed over
+        for frame in frames {
+            // At `session.max_inflight` commands in flight the session reads no further (as it
+            // stops reading a socket); this batch waits, and so does the client's next one.
+            gate.room().await;
+            if session.send(Received(frame)).await.is_err() {
+                return false;
+            }
         }
+        true
+    });
+    match handing.await {
+        Ok(true) => HttpResponse::NoContent().finish(),
+        _ => error(HttpResponse::Gone(), "closed", "the session ended"),
     }
-    HttpResponse::NoContent().finish()
 }
 
 /// `POST /poll/close`.
