@@ -337,6 +337,20 @@ async fn bad_bodies_get_clear_errors_and_an_oversized_frame_closes_with_1009() {
     assert_eq!(r.json()["error"], "bad_request");
     let r = p.send_body(1, b"[{\"type\":").await;
     assert_eq!(r.status, 400, "not JSON");
+    for path in ["/poll/send", "/poll/send?seq=0", "/poll/send?seq=x"] {
+        let r = request(
+            p.addr,
+            "POST",
+            path,
+            &p.headers(),
+            Some(("application/json", b"[]")),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{path}");
+    }
+    let r = request(p.addr, "GET", "/poll/recv?ack=-1", &p.headers(), None).await;
+    assert_eq!(r.status, 400, "a malformed ack");
+    assert_eq!(r.json()["error"], "bad_request");
     // A bad frame inside a good batch is answered as on a WebSocket.
     p.send(&[json!({"v": 1, "type": "nope", "id": 5})]).await;
     let e = p.next_frame().await;

@@ -239,10 +239,15 @@ async fn recv(req: HttpRequest, node: NodeData, polls: PollsData) -> HttpRespons
     let resp = match session_of(&req, &node, &polls) {
         Err(answer) => *answer,
         Ok(entry) => {
-            let ack = web::Query::<RecvQuery>::from_query(req.query_string())
-                .ok()
-                .and_then(|q| q.ack)
-                .unwrap_or(0);
+            let Ok(q) = web::Query::<RecvQuery>::from_query(req.query_string()) else {
+                let resp = error(
+                    HttpResponse::BadRequest(),
+                    "bad_request",
+                    "ack must be the seq of the last batch received (a whole number)",
+                );
+                return with_cors(&req, &node, resp);
+            };
+            let ack = q.ack.unwrap_or(0);
             let cfg = &node.config.session;
             match entry
                 .poll(ack, cfg.poll_wait(), cfg.poll_batch_bytes, None)
@@ -278,8 +283,13 @@ async fn hand_over(req: &HttpRequest, body: &[u8], node: &Node, entry: &PollEntr
     let Some(seq) = web::Query::<SendQuery>::from_query(req.query_string())
         .ok()
         .and_then(|q| q.seq)
+        .filter(|&k| k > 0)
     else {
-        return error(HttpResponse::BadRequest(), "bad_request", "seq is missing");
+        return error(
+            HttpResponse::BadRequest(),
+            "bad_request",
+            "seq must number the batch (1, 2, 3, ...)",
+        );
     };
     let expected = batch::content_type(entry.encoding);
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
