@@ -5,6 +5,7 @@
 //! nothing about actors, sockets or storage, so the codecs can be tested, fuzzed and benchmarked alone.
 //! `docs/protocol.md` is the human-readable contract; keep the two in step.
 
+pub mod batch;
 mod close;
 mod command;
 mod decode;

@@ -18,7 +18,7 @@ use actix::Addr;
 use bytes::Bytes;
 use tokio::sync::{oneshot, Notify};
 
-use super::batch;
+use crate::protocol::batch;
 use crate::protocol::{Encoding, Outgoing};
 use crate::session::inflight::Gate;
 use crate::session::output::Output;

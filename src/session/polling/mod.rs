@@ -20,7 +20,6 @@
 //! that user. No cookies are used, so there is no CSRF surface; CORS answers only the origins of
 //! `server.allowed_origins`.
 
-pub mod batch;
 pub mod entry;
 
 use std::sync::Arc;
@@ -38,7 +37,7 @@ use super::output::Output;
 use super::{ClientClose, Received, Session, Transport};
 use crate::channel::Evict;
 use crate::node::Node;
-use crate::protocol::{CloseCode, Encoding};
+use crate::protocol::{batch, CloseCode, Encoding};
 
 pub use entry::Polls;
 

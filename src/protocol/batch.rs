@@ -1,4 +1,5 @@
-//! The bodies of the long-polling transport: batches of frames in the session's encoding.
+//! The bodies of the long-polling transport (`session::polling`): batches of frames in the session's
+//! encoding. Part of the wire contract, so it lives with the other codecs.
 //!
 //! A server batch carries the frames of one poll answer, each the protocol frame a WebSocket would
 //! have carried, with the batch's sequence number (`seq`, what the next poll acknowledges), and on
@@ -11,7 +12,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::value::RawValue;
 
-use crate::protocol::Encoding;
+use super::Encoding;
 
 /// Content type of JSON batches.
 pub const JSON: &str = "application/json";
