@@ -136,8 +136,12 @@ async fn a_node_behind_since_waits_then_recovers() {
     let (reply, offsets, waited) = resume_after_restart(5_000).await;
     eprintln!("reply after {waited:?}: {reply}");
     assert_eq!(reply["recovered"], true, "{reply}");
-    assert_eq!(reply["offset"], 15, "{reply}");
-    assert_eq!(reply["replayed"], 2, "{reply}");
+    // The wait ends once the applier has reached offset 13; it may or may not have applied 14 and 15 by
+    // the time the answer is made. Whatever it has not applied yet follows live: 14 and 15 arrive either
+    // way, once each, in order.
+    let head = reply["offset"].as_u64().expect("offset");
+    assert!((13..=15).contains(&head), "{reply}");
+    assert_eq!(reply["replayed"], head - 13, "{reply}");
     assert_eq!(offsets, [14, 15]);
     assert!(
         waited >= Duration::from_millis(1000),
