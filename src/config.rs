@@ -72,8 +72,11 @@ pub struct SessionConfig {
     pub heartbeat_timeout_ms: u64,
     /// Frames a session may have queued for its socket; a full outbox means a slow consumer (close 4001).
     pub outbox_capacity: usize,
-    /// Bytes of frames gathered per socket write; also the largest slice of a frame handed over at once.
+    /// Bytes of frames handed to one socket write (`writev`, at most 64 frames).
     pub write_buffer_bytes: usize,
+    /// After a close the server started, the longest wait for the client's close frame (reading and
+    /// discarding) before the socket is dropped.
+    pub close_linger_ms: u64,
     /// Time a client has to send its complete handshake request; slower ones get 408.
     pub handshake_timeout_ms: u64,
     /// Bytes of frames a session may have queued for its socket (a frame is accepted while less than this
@@ -301,7 +304,8 @@ impl Default for SessionConfig {
             heartbeat_ms: 25_000,
             heartbeat_timeout_ms: 60_000,
             outbox_capacity: 1024,
-            write_buffer_bytes: 4096,
+            write_buffer_bytes: 65_536,
+            close_linger_ms: 2_000,
             handshake_timeout_ms: 5_000,
             outbox_bytes: 1 << 20,
             max_inflight: 32,
@@ -469,6 +473,9 @@ impl Config {
                 "session.heartbeat_timeout_ms",
                 "must be greater than session.heartbeat_ms",
             );
+        }
+        if self.session.close_linger_ms > 60_000 {
+            return bad("session.close_linger_ms", "must be at most 60000");
         }
         if self.session.poll_wait_ms == 0 {
             return bad("session.poll_wait_ms", "must be greater than 0");

@@ -11,6 +11,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use actix_http::body::BoxBody;
+use actix_http::HttpService;
+use actix_service::{map_config, ServiceFactory};
+use actix_web::dev::{AppConfig, ServiceRequest, ServiceResponse};
 use actix_web::{web, App, HttpServer};
 use tokio::sync::oneshot;
 
@@ -184,53 +188,7 @@ async fn run_inner(
     let polls = web::Data::new(polls);
     let workers = threads(node.config.server.workers);
     let data = web::Data::new(node.clone());
-    let user_timeout = Duration::from_millis(node.config.session.heartbeat_timeout_ms);
-    let client = HttpServer::new({
-        let data = data.clone();
-        move || {
-            let polls = polls.clone();
-            let max_frame = data.config.limits.max_frame_bytes;
-            let examples = data.config.server.examples;
-            let app = App::new()
-                .app_data(data.clone())
-                .route("/ws", web::get().to(session::handshake::route))
-                .configure(|cfg| session::polling::routes(cfg, polls, max_frame))
-                .configure(|cfg| crate::assets::routes(cfg, examples));
-            if data.config.server.conformance_echo {
-                app.route("/conformance/echo", web::get().to(session::echo::route))
-            } else {
-                app
-            }
-        }
-    })
-    .workers(workers)
-    // A peer that stops acknowledging, or keeps a zero receive window (a client that stopped reading),
-    // for the heartbeat timeout gets its connection aborted by the kernel. Without it a cut slow consumer
-    // could keep its socket, and the buffers behind it, forever: the HTTP layer would wait on a write that
-    // never completes.
-    .on_connect(move |conn, _| {
-        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-            if let Err(e) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(user_timeout)) {
-                tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
-            }
-        }
-    })
-    // After the WebSocket close handshake the server should drop TCP promptly (RFC 6455 7.1.1). actix-http
-    // otherwise lingers up to this timeout (default 1 s) for the client to hang up first; 0 disables the
-    // linger.
-    .client_disconnect_timeout(Duration::ZERO)
-    // Small frames must not wait for Nagle + delayed ACK (up to 40 ms per stall).
-    .tcp_nodelay(true)
-    // Frames are gathered up to `session.write_buffer_bytes` per write; the body hands out at most as much
-    // at once (see `session::writer`), so actix-http's buffer stays within its initial 8 KiB.
-    .h1_write_buffer_size(node.config.session.write_buffer_bytes)
-    .client_request_timeout(Duration::from_millis(
-        node.config.session.handshake_timeout_ms,
-    ))
-    .disable_signals()
-    .shutdown_timeout(1)
-    .listen(listeners.client)?
-    .run();
+    let client = serve_clients(listeners.client, workers, &data, polls)?;
     let admin = HttpServer::new({
         let data = data.clone();
         move || App::new().app_data(data.clone()).configure(admin::routes)
@@ -277,6 +235,82 @@ async fn run_inner(
     node.log.stop();
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// The routes of the client listener: WebSocket handshake, long-polling, the JS client and examples.
+fn client_app(
+    data: web::Data<Arc<Node>>,
+    polls: web::Data<Arc<session::polling::Polls>>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<BoxBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let max_frame = data.config.limits.max_frame_bytes;
+    let examples = data.config.server.examples;
+    let echo = data.config.server.conformance_echo;
+    App::new()
+        .app_data(data)
+        .route("/ws", web::get().to(session::handshake::route))
+        .configure(|cfg| session::polling::routes(cfg, polls, max_frame))
+        .configure(|cfg| crate::assets::routes(cfg, examples))
+        .configure(|cfg| {
+            if echo {
+                cfg.route("/conformance/echo", web::get().to(session::echo::route));
+            }
+        })
+}
+
+/// The client listener: actix-http with the application for plain requests and, for upgrade requests,
+/// the hook that hands the socket of an accepted WebSocket to herald (see [`session::socket`]).
+fn serve_clients(
+    listener: TcpListener,
+    workers: usize,
+    data: &web::Data<Arc<Node>>,
+    polls: web::Data<Arc<session::polling::Polls>>,
+) -> io::Result<actix_server::Server> {
+    let config = &data.config;
+    // A peer that stops acknowledging, or keeps a zero receive window (a client that stopped reading),
+    // for the heartbeat timeout gets its connection aborted by the kernel. Without it a cut slow consumer
+    // could keep its socket, and what is queued for it, forever: the writer would wait on a write that
+    // never completes.
+    let user_timeout = Duration::from_millis(config.session.heartbeat_timeout_ms);
+    let request_timeout = Duration::from_millis(config.session.handshake_timeout_ms);
+    let local = listener.local_addr()?;
+    let make_app = {
+        let data = data.clone();
+        move || client_app(data.clone(), polls.clone())
+    };
+    Ok(actix_server::Server::build()
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .listen("herald-client", listener, move || {
+            let app = make_app();
+            HttpService::build()
+                .client_request_timeout(request_timeout)
+                // Plain HTTP connections (long-polling, assets) close at once once answered and the
+                // client hung up; WebSocket connections leave the HTTP layer at the upgrade.
+                .client_disconnect_timeout(Duration::ZERO)
+                // Small frames must not wait for Nagle + delayed ACK (up to 40 ms per stall).
+                .tcp_nodelay(true)
+                .local_addr(local)
+                .on_connect_ext(move |io: &actix_rt::net::TcpStream, _| {
+                    if let Err(e) =
+                        socket2::SockRef::from(io).set_tcp_user_timeout(Some(user_timeout))
+                    {
+                        tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
+                    }
+                })
+                .upgrade(session::socket::upgrade_service(make_app.clone()))
+                .finish(map_config(app, |_| AppConfig::default()))
+                .tcp()
+        })?
+        .run())
 }
 
 /// Starts the cluster bus on the applier thread: membership, presence across nodes, and the admin API's

@@ -9,7 +9,7 @@ use actix::{Actor, AsyncContext};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::{writer, Session, Transport};
+use super::{socket, Session, Transport};
 use crate::admission::{Refusal, RefusedBy};
 use crate::auth::{AuthError, Claims};
 use crate::node::Node;
@@ -181,10 +181,23 @@ pub(crate) fn unauthorized(node: &Node, req: &HttpRequest, e: AuthError) -> Http
         .body(format!("unauthorized: {e}"))
 }
 
+/// The `101` answer to a valid WebSocket handshake, with the chosen subprotocol. `Err` is the answer to
+/// a malformed one (not a GET: 405; no `Upgrade: websocket`, a version other than 13 or a bad key: 400).
+pub(crate) fn switching_protocols(
+    req: &HttpRequest,
+    protocol: Option<&'static str>,
+) -> Result<HttpResponse, Refused> {
+    let mut answer = actix_http::ws::handshake(req.head())
+        .map_err(|e| Box::new(HttpResponse::from(actix_http::Response::from(e))))?;
+    if let Some(p) = protocol {
+        answer.insert_header((header::SEC_WEBSOCKET_PROTOCOL, p));
+    }
+    Ok(HttpResponse::from(answer.finish()).map_into_boxed_body())
+}
+
 /// `GET /ws`.
 pub async fn route(
     req: HttpRequest,
-    body: web::Payload,
     node: web::Data<Arc<Node>>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let node: Arc<Node> = node.get_ref().clone();
@@ -208,23 +221,26 @@ pub async fn route(
     let encoding = protocol
         .and_then(Encoding::from_subprotocol)
         .unwrap_or(Encoding::Json);
+    // A malformed handshake is refused before it takes an admission slot.
+    let mut response = match switching_protocols(&req, protocol) {
+        Ok(r) => r,
+        Err(answer) => return Ok(*answer),
+    };
     let (claims, ticket) = match admit(&req, &node) {
         Ok(admitted) => admitted,
         Err(answer) => return Ok(*answer),
     };
-    let protocols: Vec<&str> = protocol.into_iter().collect();
-    let (response, ws, stream) = actix_ws::handle_with_protocols(&req, body, &protocols)?;
-    // We write through our own body (see `writer`), not through actix-ws's `Session`.
-    drop(ws);
-    let stream = writer::limited(stream, node.config.limits.max_frame_bytes);
-    let max_chunk = node.config.session.write_buffer_bytes;
     let peer = req.peer_addr();
-    let (session, outbox, close) =
-        Session::new(node, Transport::WebSocket, encoding, claims, ticket, peer);
-    let stream = super::inflight::Gated::new(stream, session.gate());
-    Session::create(move |ctx| {
-        ctx.add_stream(stream);
-        session
+    let settings = socket::Settings::of(&node.config);
+    socket::hand_over(&mut response, settings, move |mut socket| {
+        let (session, outbox, close) =
+            Session::new(node, Transport::WebSocket, encoding, claims, ticket, peer);
+        let reader = super::inflight::Gated::new(socket.reader(), session.gate());
+        Session::create(move |ctx| {
+            ctx.add_stream(reader);
+            session
+        });
+        socket.spawn_writer(outbox, close);
     });
-    Ok(writer::attach(response, outbox, close, max_chunk))
+    Ok(response)
 }

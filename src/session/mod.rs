@@ -6,7 +6,7 @@
 //! socket (`ctx.add_stream`), decodes and validates each through [`crate::protocol`], applies rate limits,
 //! checks permissions and forwards commands to channel actors. Everything it sends goes through the
 //! connection's outbox (bounded in frames and in bytes, see [`crate::channel::Outbox`]), drained by the
-//! [`writer`]. At most `session.max_inflight` commands run at once ([`inflight`]); beyond that the
+//! [`socket::writer`]. At most `session.max_inflight` commands run at once ([`inflight`]); beyond that the
 //! session stops reading its socket. Frames over the rate limit are refused before they are decoded,
 //! and a client that keeps sending after `rate_limited` is closed with 4007. It sends WebSocket pings,
 //! closes connections that stop answering, and on the way out removes itself from every channel it
@@ -18,7 +18,7 @@ pub mod handshake;
 pub mod inflight;
 pub mod output;
 pub mod polling;
-pub mod writer;
+pub mod socket;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
-use actix_ws::{AggregatedMessage, ProtocolError};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::oneshot;
 
@@ -39,7 +38,7 @@ use crate::protocol::{
     encode, CloseCode, DisconnectBody, Encoding, ErrorBody, ErrorCode, FrameError, Outgoing,
     RequestId, ServerFrame, WelcomeBody,
 };
-use writer::CloseRequest;
+use socket::{CloseRequest, Incoming, WsError};
 
 pub use crate::node::Transport;
 
@@ -187,17 +186,25 @@ impl Session {
             }),
         )
         .ok();
-        self.end(last, code.code(), reason, ctx);
+        self.end(last, code.code(), reason, true, ctx);
     }
 
     /// Answers the client's own close frame with a close frame only (RFC 6455 5.5.1): its code echoed, no
     /// `disconnect` frame before it (the client is leaving; there is nothing to advise).
     fn closed_by_client(&mut self, code: Option<u16>, ctx: &mut Context<Self>) {
-        self.end(None, close_reply_code(code), "", ctx);
+        self.end(None, close_reply_code(code), "", false, ctx);
     }
 
     /// Hands the writer its last frames (`last`, then a close frame with `code`) and stops the actor.
-    fn end(&mut self, last: Option<Outgoing>, code: u16, reason: &str, ctx: &mut Context<Self>) {
+    /// `linger`: the server started the close, so the writer waits for the client's close frame.
+    fn end(
+        &mut self,
+        last: Option<Outgoing>,
+        code: u16,
+        reason: &str,
+        linger: bool,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(closer) = self.closer.take() else {
             return;
         };
@@ -206,6 +213,7 @@ impl Session {
             last,
             code,
             reason: reason.to_string(),
+            linger,
         });
         ctx.stop();
     }
@@ -311,24 +319,6 @@ pub(crate) fn close_reply_code(code: Option<u16>) -> u16 {
     }
 }
 
-/// Maps a WebSocket protocol error to the close code the RFC asks for.
-pub(crate) fn protocol_close(err: &ProtocolError) -> CloseCode {
-    match err {
-        ProtocolError::Overflow => CloseCode::TooBig,
-        // actix-ws reports invalid UTF-8 as InvalidData, but actix-http reports non-zero RSV bits the
-        // same way; only the former is 1007.
-        ProtocolError::Io(e)
-            if e.kind() == std::io::ErrorKind::InvalidData
-                && e.get_ref().is_some_and(|i| {
-                    i.is::<std::str::Utf8Error>() || i.to_string().contains("utf-8")
-                }) =>
-        {
-            CloseCode::InvalidPayload
-        }
-        _ => CloseCode::ProtocolError,
-    }
-}
-
 impl Actor for Session {
     type Context = Context<Self>;
 
@@ -396,21 +386,19 @@ impl Actor for Session {
     }
 }
 
-impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Session {
-    fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Self::Context) {
+impl StreamHandler<Result<Incoming, WsError>> for Session {
+    fn handle(&mut self, item: Result<Incoming, WsError>, ctx: &mut Self::Context) {
         let _span = self.span.clone().entered();
         self.last_seen = Instant::now();
         match item {
-            Ok(AggregatedMessage::Text(t)) => self.on_data(t.as_bytes(), Encoding::Json, ctx),
-            Ok(AggregatedMessage::Binary(b)) => self.on_data(&b, Encoding::Msgpack, ctx),
-            Ok(AggregatedMessage::Ping(p)) => self.push(Outgoing::Pong(p), ctx),
-            Ok(AggregatedMessage::Pong(_)) => {}
-            Ok(AggregatedMessage::Close(reason)) => {
-                self.closed_by_client(reason.map(|r| u16::from(r.code)), ctx)
-            }
+            Ok(Incoming::Text(t)) => self.on_data(&t, Encoding::Json, ctx),
+            Ok(Incoming::Binary(b)) => self.on_data(&b, Encoding::Msgpack, ctx),
+            Ok(Incoming::Ping(p)) => self.push(Outgoing::Pong(p), ctx),
+            Ok(Incoming::Pong) => {}
+            Ok(Incoming::Close(code)) => self.closed_by_client(code, ctx),
             Err(e) => {
                 tracing::debug!(session = %self.id, error = %e, "websocket protocol error");
-                self.close(protocol_close(&e), None, ctx);
+                self.close(e.close_code(), None, ctx);
             }
         }
     }

@@ -21,6 +21,9 @@ pub struct Target {
     pub url: String,
     pub addr: SocketAddr,
     pub sio: bool,
+    /// `Host` header value and request path with query, for the raw handshake (sub.rs)
+    pub host: String,
+    pub path: String,
 }
 
 impl Target {
@@ -28,6 +31,10 @@ impl Target {
         let req = url.into_client_request()?;
         let host = req.uri().host().ok_or("url without host")?.to_string();
         let port = req.uri().port_u16().unwrap_or(80);
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/".into(), |p| p.as_str().to_string());
         let addr = tokio::net::lookup_host((host.as_str(), port))
             .await?
             .next()
@@ -36,6 +43,8 @@ impl Target {
             url: url.to_string(),
             addr,
             sio,
+            host: format!("{host}:{port}"),
+            path,
         })
     }
 }
@@ -58,17 +67,7 @@ impl Client {
     /// TCP connect (optionally from a given source address), WebSocket handshake, and wait for
     /// the server's `welcome`.
     pub async fn connect(t: &Target, bind: Option<IpAddr>) -> R<Client> {
-        let sock = if t.addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        if let Some(ip) = bind {
-            bind_address_no_port(&sock)?;
-            sock.bind(SocketAddr::new(ip, 0))?;
-        }
-        let stream = sock.connect(t.addr).await?;
-        stream.set_nodelay(true)?;
+        let stream = tcp_connect(t, bind).await?;
         let req = t.url.as_str().into_client_request()?;
         let (ws, _) =
             tokio_tungstenite::client_async_with_config(req, stream, Some(config())).await?;
@@ -164,32 +163,54 @@ impl Client {
     pub async fn wait_reply(&mut self, id: u64) -> R<(bool, Bytes)> {
         loop {
             let f = self.recv().await?.ok_or("closed while waiting for reply")?;
-            let ty = frame_type(&f);
-            if ty == b"reply" || ty == b"error" {
-                let v: serde_json::Value = serde_json::from_slice(&f)?;
-                if v.get("id").and_then(|x| x.as_u64()) == Some(id) {
-                    return Ok((ty == b"reply", f));
-                }
+            if let Some(ok) = reply_to(&f, id) {
+                return Ok((ok, f));
             }
         }
     }
 
-    pub async fn subscribe(&mut self, id: u64, channel: &str) -> R<()> {
-        let (ok, f) = self
-            .request(
-                id,
-                format!(r#"{{"v":1,"type":"subscribe","id":{id},"channel":"{channel}"}}"#),
-            )
-            .await?;
-        if !ok {
-            return Err(format!("subscribe refused: {}", String::from_utf8_lossy(&f)).into());
+    /// Connect and subscribe to `channels` (request ids 1, 2, …).
+    pub async fn connect_subscribed(
+        t: &Target,
+        bind: Option<IpAddr>,
+        channels: Vec<String>,
+    ) -> R<Client> {
+        let mut c = Client::connect(t, bind).await?;
+        for (k, ch) in channels.iter().enumerate() {
+            c.subscribe(k as u64 + 1, ch).await?;
         }
-        Ok(())
+        Ok(c)
+    }
+
+    pub async fn subscribe(&mut self, id: u64, channel: &str) -> R<()> {
+        let (ok, f) = self.request(id, subscribe_json(id, channel)).await?;
+        subscribed(ok, &f)
     }
 
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
+}
+
+/// TCP connection to the target (optionally from a given source address), Nagle off.
+pub async fn tcp_connect(t: &Target, bind: Option<IpAddr>) -> R<TcpStream> {
+    let sock = if t.addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = bind {
+        bind_address_no_port(&sock)?;
+        sock.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = sock.connect(t.addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// The subscribe command for `channel` with request id `id` (herald framing; sio wraps it).
+pub fn subscribe_json(id: u64, channel: &str) -> String {
+    format!(r#"{{"v":1,"type":"subscribe","id":{id},"channel":"{channel}"}}"#)
 }
 
 /// Let connect() choose the source port by the whole 4-tuple (and reuse TIME_WAIT ports like an
@@ -212,6 +233,24 @@ fn bind_address_no_port(sock: &TcpSocket) -> R<()> {
             std::io::Error::last_os_error()
         )
         .into());
+    }
+    Ok(())
+}
+
+/// `Some(true)` if frame `f` is the `reply` to request `id`, `Some(false)` if it is its `error`.
+pub fn reply_to(f: &[u8], id: u64) -> Option<bool> {
+    let ty = frame_type(f);
+    if ty != b"reply" && ty != b"error" {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(f).ok()?;
+    (v.get("id").and_then(|x| x.as_u64()) == Some(id)).then_some(ty == b"reply")
+}
+
+/// `Err` with the frame if a subscribe was answered with an `error`.
+pub fn subscribed(ok: bool, f: &[u8]) -> R<()> {
+    if !ok {
+        return Err(format!("subscribe refused: {}", String::from_utf8_lossy(f)).into());
     }
     Ok(())
 }

@@ -10,9 +10,11 @@
 mod churn;
 mod client;
 mod idle;
+mod pace;
 mod plot;
 mod procs;
 mod scenarios;
+mod sub;
 mod transports;
 mod util;
 

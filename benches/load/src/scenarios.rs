@@ -1,7 +1,12 @@
 //! The fanout and replay scenarios and what all scenarios share (idle and churn have their own
 //! modules). Each scenario returns one JSON object (see docs in benches/compare.sh).
-use crate::client::{find_offset, find_t, frame_type, publish_json, sched, Client, Target};
-use crate::util::{gen_cpu, hist_json, new_hist, now_ns, progress, thread_cpu, Server, R};
+use crate::client::{find_offset, frame_type, publish_json, sched, Client, Target};
+use crate::pace::Timer;
+use crate::sub::LeanSub;
+use crate::util::{
+    clock_cpu, gen_cpu, hist_json, machine_cores_busy, machine_jiffies, new_hist, now_ns,
+    progress, thread_cpu, thread_cpu_clock, Server, R,
+};
 use crate::Common;
 use clap::Args;
 use futures_util::StreamExt;
@@ -36,25 +41,22 @@ pub async fn target(c: &Common) -> R<(Target, Server)> {
     Ok((t, Server { pid: c.server_pid }))
 }
 
-/// Open `range` connections, connection `i` from source address `bind(i)` and subscribing to
-/// `chans(i)`; failures are counted, not fatal.
-pub async fn open_many(
-    t: &Target,
+/// Open `range` connections with `connect(i)`, `conc` at a time; failures are counted, not fatal.
+pub async fn open_many<C, F, Fut>(
     range: std::ops::Range<usize>,
     conc: usize,
-    chans: &dyn Fn(usize) -> Vec<String>,
-    bind: &dyn Fn(usize) -> Option<IpAddr>,
+    connect: F,
     pb: &indicatif::ProgressBar,
-) -> (Vec<Client>, Vec<String>) {
-    let results: Vec<R<Client>> = futures_util::stream::iter(range)
+) -> (Vec<C>, Vec<String>)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = R<C>>,
+{
+    let results: Vec<R<C>> = futures_util::stream::iter(range)
         .map(|i| {
-            let names = chans(i);
-            let src = bind(i);
+            let c = connect(i);
             async move {
-                let mut c = Client::connect(t, src).await?;
-                for (k, ch) in names.iter().enumerate() {
-                    c.subscribe(k as u64 + 1, ch).await?;
-                }
+                let c = c.await?;
                 pb.inc(1);
                 Ok(c)
             }
@@ -99,13 +101,31 @@ pub struct FanoutArgs {
     /// Size of `data` in bytes (64 or 1024 are the standard points)
     #[arg(long, default_value_t = 64)]
     pub size: usize,
-    /// Publish rates (messages/s) to step through
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "100,200,500,1000,2000,3000,5000,7000,10000,15000,20000,30000,50000"
-    )]
-    pub rates: Vec<f64>,
+    /// Publish rates (messages/s) to step through, in this order (instead of the search below)
+    #[arg(long, value_delimiter = ',')]
+    pub rates: Option<Vec<f64>>,
+    /// Search: first rate in messages/s (default: 100,000 deliveries/s worth)
+    #[arg(long)]
+    pub start_rate: Option<f64>,
+    /// Search: factor between rates until a step fails
+    #[arg(long, default_value_t = 1.5)]
+    pub growth: f64,
+    /// Search: bisections between the last passing and the first failing rate
+    #[arg(long, default_value_t = 3)]
+    pub refine: u32,
+    /// Search: never go above this rate (messages/s)
+    #[arg(long, default_value_t = 1e6)]
+    pub max_rate: f64,
+    /// Search: no extra step at half the best rate at the end
+    #[arg(long)]
+    pub no_half_step: bool,
+    /// Read buffer per subscriber connection (bytes)
+    #[arg(long, default_value_t = 8192)]
+    pub read_buf: usize,
+    /// A step is `generator-bound` when the receiving or the publisher thread used more than
+    /// this share of a core
+    #[arg(long, default_value_t = 0.9)]
+    pub generator_bound_util: f64,
     /// Seconds per step
     #[arg(long, default_value_t = 5.0)]
     pub step_secs: f64,
@@ -118,25 +138,13 @@ pub struct FanoutArgs {
     /// Seconds to wait after a step for late deliveries
     #[arg(long, default_value_t = 2.0)]
     pub drain_secs: f64,
-    /// Run every rate even after the limit was crossed
+    /// With --rates: run every rate even after the limit was crossed
     #[arg(long)]
     pub all_steps: bool,
     /// Publish through this URL instead of `--url` (a cluster: publisher on one node, subscribers on
     /// another, so every delivery crosses RabbitMQ)
     #[arg(long)]
     pub publish_url: Option<String>,
-}
-
-#[derive(Default, Clone)]
-struct FanStats {
-    ws: u64,
-    we: u64,
-    hist: Option<Histogram<u64>>,
-    matched: u64,
-    arrived: u64,
-    total: u64,
-    closed: u64,
-    first_close: Option<String>,
 }
 
 pub(crate) struct PubRun {
@@ -156,26 +164,37 @@ pub(crate) struct PubReport {
     closed: bool,
 }
 
+/// The publisher thread: commands go in through `tx`; `cpu` is its CPU-time clock.
+pub(crate) struct Publisher {
+    pub tx: mpsc::UnboundedSender<PubRun>,
+    pub cpu: libc::clockid_t,
+}
+
+/// Wake-ups of the publisher are at least this far apart: at rates above 20k msg/s it sends the
+/// frames due since the last wake-up together (their stamps stay on the schedule).
+const MIN_WAKE_GAP_NS: u64 = 50_000;
+
 /// Open-loop publisher on its own thread and runtime, so its schedule does not depend on how busy
-/// the receiving core is. Every 1 ms tick it sends all frames that are due, in one write.
-pub(crate) fn spawn_publisher(
-    t: Target,
-    channel: String,
-    size: usize,
-) -> R<mpsc::UnboundedSender<PubRun>> {
+/// the receiving core is. A timerfd (pace.rs) wakes it at the scheduled time of the next frame;
+/// it then sends every frame that is due, stamped with its scheduled time (not the time it was
+/// sent: a late publisher, or a server that stops reading, shows up as latency).
+pub(crate) fn spawn_publisher(t: Target, channel: String, size: usize) -> R<Publisher> {
     let (tx, mut rx) = mpsc::unbounded_channel::<PubRun>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<libc::clockid_t, String>>();
     std::thread::Builder::new()
         .name("publisher".into())
         .spawn(move || {
+            // 1 ns timer slack instead of 50 µs: wake-ups land on the schedule
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let mut c = match Client::connect(&t, None).await {
+                let conn = async { R::Ok((Client::connect(&t, None).await?, Timer::new()?)) };
+                let (mut c, timer) = match conn.await {
                     Ok(c) => {
-                        let _ = ready_tx.send(Ok(()));
+                        let _ = ready_tx.send(Ok(thread_cpu_clock()));
                         c
                     }
                     Err(e) => {
@@ -186,8 +205,6 @@ pub(crate) fn spawn_publisher(
                 let mut rep = PubReport::default();
                 let mut cur: Option<(PubRun, u64)> = None;
                 let mut id = 0u64;
-                let mut tick = tokio::time::interval(Duration::from_millis(1));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 enum Ev {
                     Cmd(Option<PubRun>),
                     Tick,
@@ -197,12 +214,15 @@ pub(crate) fn spawn_publisher(
                     let busy = cur.is_some();
                     let ev = tokio::select! {
                         cmd = rx.recv(), if !busy => Ev::Cmd(cmd),
-                        _ = tick.tick(), if busy => Ev::Tick,
+                        _ = timer.wait(), if busy => Ev::Tick,
                         f = c.recv(), if !rep.closed => Ev::Frame(f),
                     };
                     match ev {
                         Ev::Cmd(None) => break,
-                        Ev::Cmd(Some(run)) => cur = Some((run, 0)),
+                        Ev::Cmd(Some(run)) => {
+                            let _ = timer.set(run.start_ns);
+                            cur = Some((run, 0));
+                        }
                         Ev::Frame(Ok(Some(f))) => {
                             let ty = frame_type(&f);
                             if ty == b"reply" {
@@ -226,21 +246,18 @@ pub(crate) fn spawn_publisher(
                         }
                         Ev::Tick => {
                             let (run, i) = cur.as_mut().unwrap();
+                            let period = 1e9 / run.rate;
                             let now = now_ns();
-                            if now < run.start_ns {
+                            if now < sched(run.start_ns, *i, period) {
+                                let _ = timer.set(sched(run.start_ns, *i, period));
                                 continue;
                             }
-                            let period = 1e9 / run.rate;
-                            let due =
-                                (((now - run.start_ns) as f64 / period) as u64 + 1).min(run.n);
-                            if *i < due {
-                                let first_t = sched(run.start_ns, *i, period);
-                                rep.max_lag_ms = rep
-                                    .max_lag_ms
-                                    .max((now.saturating_sub(first_t)) as f64 / 1e6);
-                            }
+                            rep.max_lag_ms = rep.max_lag_ms.max(
+                                now.saturating_sub(sched(run.start_ns, *i, period)) as f64 / 1e6,
+                            );
                             let mut failed = rep.closed;
-                            while *i < due && !failed {
+                            while *i < run.n && !failed && sched(run.start_ns, *i, period) <= now
+                            {
                                 id += 1;
                                 let ts = sched(run.start_ns, *i, period);
                                 failed =
@@ -260,16 +277,174 @@ pub(crate) fn spawn_publisher(
                                     closed,
                                     ..Default::default()
                                 };
+                            } else {
+                                let next = sched(run.start_ns, *i, period);
+                                let _ = timer.set(next.max(now + MIN_WAKE_GAP_NS));
                             }
                         }
                     }
                 }
             });
         })?;
-    ready_rx
+    let cpu = ready_rx
         .recv()?
         .map_err(|e| format!("publisher connect: {e}"))?;
-    Ok(tx)
+    Ok(Publisher { tx, cpu })
+}
+
+/// The rates a fan-out run steps through: a fixed list, or a search that grows the rate
+/// geometrically until a step fails, then bisects (geometric mean) between the last good and the
+/// first bad rate `refine` times, and ends with one step at half the best rate (latency at 50%).
+enum Ladder {
+    Fixed(std::collections::VecDeque<f64>),
+    Search {
+        next: Option<f64>,
+        growth: f64,
+        max_rate: f64,
+        refine: u32,
+        good: Option<f64>,
+        bad: Option<f64>,
+        half_done: bool,
+    },
+}
+
+impl Ladder {
+    fn new(a: &FanoutArgs) -> Ladder {
+        match &a.rates {
+            Some(r) => Ladder::Fixed(r.iter().copied().collect()),
+            None => Ladder::Search {
+                next: Some(
+                    a.start_rate
+                        .unwrap_or(100_000.0 / a.subscribers.max(1) as f64)
+                        .max(1.0),
+                ),
+                growth: a.growth.max(1.01),
+                max_rate: a.max_rate,
+                refine: a.refine,
+                good: None,
+                bad: None,
+                half_done: a.no_half_step,
+            },
+        }
+    }
+
+    /// The next rate, and whether it is the extra step at half the best rate.
+    fn next(&mut self) -> Option<(f64, bool)> {
+        match self {
+            Ladder::Fixed(q) => q.pop_front().map(|r| (r, false)),
+            Ladder::Search {
+                next,
+                good,
+                half_done,
+                ..
+            } => match (next.take(), *half_done, *good) {
+                (Some(r), _, _) => Some((r, false)),
+                (None, false, Some(g)) => {
+                    *half_done = true;
+                    Some((g / 2.0, true))
+                }
+                _ => None,
+            },
+        }
+    }
+
+    /// The step at `rate` passed (`ok`) or failed; `ladder_only`: the half step does not steer.
+    fn result(&mut self, rate: f64, ok: bool) {
+        let Ladder::Search {
+            next,
+            growth,
+            max_rate,
+            refine,
+            good,
+            bad,
+            ..
+        } = self
+        else {
+            return;
+        };
+        if ok {
+            *good = Some(good.map_or(rate, |g| g.max(rate)));
+        } else {
+            *bad = Some(bad.map_or(rate, |b| b.min(rate)));
+        }
+        *next = match (*good, *bad) {
+            (Some(g), None) if g * *growth <= *max_rate => Some(g * *growth),
+            (Some(g), Some(b)) if *refine > 0 && b > g => {
+                *refine -= 1;
+                Some((g * b).sqrt())
+            }
+            _ => None,
+        };
+    }
+}
+
+/// Everything the subscribers saw, shared by all subscriber tasks on the receiving thread.
+#[derive(Clone)]
+struct FanStats {
+    /// measuring window [ws, we): unix ns
+    ws: u64,
+    we: u64,
+    /// latency (scheduled send -> arrival) of the frames scheduled inside the window
+    hist: Histogram<u64>,
+    /// frames scheduled inside the window that arrived (whenever)
+    matched: u64,
+    /// frames that arrived inside the window (whenever scheduled): the throughput
+    arrived: u64,
+    /// frames received at all
+    total: u64,
+    closed: u64,
+    first_close: Option<String>,
+}
+
+impl crate::sub::Sink for FanStats {
+    fn delivered(&mut self, now: u64, t: u64) {
+        self.total += 1;
+        if now >= self.ws && now < self.we {
+            self.arrived += 1;
+        }
+        if t >= self.ws && t < self.we {
+            self.matched += 1;
+            let _ = self.hist.record((now.saturating_sub(t) / 1000).max(1));
+        }
+    }
+    fn closed(&mut self, why: Option<String>) {
+        self.closed += 1;
+        if self.first_close.is_none() {
+            self.first_close = why;
+        }
+    }
+}
+
+/// A step's CPU readings: wall clock, server, generator process, receiving thread, publisher
+/// thread, whole machine.
+struct Cpu(u64, Option<f64>, f64, f64, f64, Option<(u64, u64)>);
+
+impl Cpu {
+    fn read(server: &Server, publisher: &Publisher) -> Cpu {
+        Cpu(
+            now_ns(),
+            server.cpu(),
+            gen_cpu(),
+            thread_cpu(),
+            clock_cpu(publisher.cpu),
+            machine_jiffies(),
+        )
+    }
+}
+
+/// Wait until no frame arrived for 100 ms (at most `max_ns`): the previous step's backlog is
+/// delivered before the next step starts.
+async fn settle(st: &RefCell<FanStats>, max_ns: u64) {
+    let deadline = now_ns() + max_ns;
+    let mut last = st.borrow().total;
+    while now_ns() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t = st.borrow().total;
+        if t == last {
+            return;
+        }
+        last = t;
+    }
 }
 
 pub async fn fanout(a: FanoutArgs) -> R<Value> {
@@ -277,13 +452,10 @@ pub async fn fanout(a: FanoutArgs) -> R<Value> {
     let channel = format!("bench-{}", run_id());
     let s = a.subscribers;
     let pb = progress(s as u64, "subscribers");
-    let ch = channel.clone();
     let (subs, errs) = open_many(
-        &t,
         0..s,
         a.common.connect_concurrency,
-        &|_| vec![ch.clone()],
-        &|i| bind_for(&t, i, s),
+        |i| LeanSub::connect(&t, bind_for(&t, i, s), &channel, a.read_buf),
         &pb,
     )
     .await;
@@ -293,43 +465,18 @@ pub async fn fanout(a: FanoutArgs) -> R<Value> {
     }
     let alive0 = subs.len() as u64;
     let st = Rc::new(RefCell::new(FanStats {
-        hist: Some(new_hist()),
-        ..Default::default()
+        ws: 0,
+        we: 0,
+        hist: new_hist(),
+        matched: 0,
+        arrived: 0,
+        total: 0,
+        closed: 0,
+        first_close: None,
     }));
-    for mut c in subs {
+    for c in subs {
         let st = st.clone();
-        tokio::task::spawn_local(async move {
-            loop {
-                match c.recv().await {
-                    Ok(Some(f)) => {
-                        if let Some(ts) = find_t(&f) {
-                            let now = now_ns();
-                            let mut s = st.borrow_mut();
-                            s.total += 1;
-                            if now >= s.ws && now < s.we {
-                                s.arrived += 1;
-                            }
-                            if ts >= s.ws && ts < s.we {
-                                s.matched += 1;
-                                let _ = s
-                                    .hist
-                                    .as_mut()
-                                    .unwrap()
-                                    .record(((now.saturating_sub(ts)) / 1000).max(1));
-                            }
-                        }
-                    }
-                    _ => {
-                        let mut s = st.borrow_mut();
-                        s.closed += 1;
-                        if s.first_close.is_none() {
-                            s.first_close = c.closed_with.clone();
-                        }
-                        break;
-                    }
-                }
-            }
-        });
+        tokio::task::spawn_local(async move { c.run(&st).await });
     }
     let pt = match &a.publish_url {
         Some(url) => Target::resolve(url, a.common.proto == "sio").await?,
@@ -338,10 +485,12 @@ pub async fn fanout(a: FanoutArgs) -> R<Value> {
     let publisher = spawn_publisher(pt, channel.clone(), a.size)?;
     let mut steps = Vec::new();
     let mut stopped = "all rates done".to_string();
-    let mut best: f64 = 0.0;
-    let pb = progress(a.rates.len() as u64, "rates");
-    for &rate in &a.rates {
-        pb.set_message(format!("{rate} msg/s"));
+    let mut best: Option<(f64, bool)> = None;
+    let mut first_bad_gen_bound = None;
+    let mut ladder = Ladder::new(&a);
+    let pb = progress(0, "steps");
+    while let Some((rate, half)) = ladder.next() {
+        pb.set_message(format!("{rate:.0} msg/s"));
         let alive = alive0 - st.borrow().closed;
         let start = now_ns() + 200_000_000;
         let dur_ns = (a.step_secs * 1e9) as u64;
@@ -357,12 +506,13 @@ pub async fn fanout(a: FanoutArgs) -> R<Value> {
             let mut s = st.borrow_mut();
             s.ws = ws;
             s.we = we;
-            s.hist.as_mut().unwrap().reset();
+            s.hist.reset();
             s.matched = 0;
             s.arrived = 0;
         }
         let (done_tx, done_rx) = oneshot::channel();
         publisher
+            .tx
             .send(PubRun {
                 start_ns: start,
                 rate,
@@ -371,9 +521,9 @@ pub async fn fanout(a: FanoutArgs) -> R<Value> {
             })
             .map_err(|_| "publisher gone")?;
         sleep_until_ns(ws).await;
-        let c0 = (now_ns(), server.cpu(), gen_cpu(), thread_cpu());
+        let c0 = Cpu::read(&server, &publisher);
         sleep_until_ns(we).await;
-        let c1 = (now_ns(), server.cpu(), gen_cpu(), thread_cpu());
+        let c1 = Cpu::read(&server, &publisher);
         let rss = server.rss_kb();
         let rep = done_rx.await.unwrap_or_default();
         let expected = expected_msgs * alive;
@@ -381,25 +531,36 @@ pub async fn fanout(a: FanoutArgs) -> R<Value> {
         while st.borrow().matched < expected && now_ns() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let (wall, srv_cpu, g_cpu, th_cpu) = (
-            (c1.0 - c0.0) as f64 / 1e9,
-            c1.1.zip(c0.1).map(|(b, a)| b - a),
-            c1.2 - c0.2,
-            c1.3 - c0.3,
+        // CPU over the wall time actually slept; deliveries over the window they were counted in
+        let wall = (c1.0 - c0.0) as f64 / 1e9;
+        let window = (we - ws) as f64 / 1e9;
+        let srv_cpu = c1.1.zip(c0.1).map(|(b, a)| b - a);
+        let (g_util, recv_util, pub_util) = (
+            (c1.2 - c0.2) / wall,
+            (c1.3 - c0.3) / wall,
+            (c1.4 - c0.4) / wall,
         );
         // An owned copy, so no RefCell borrow lives across the awaits below.
         let s = st.borrow().clone();
-        let h = s.hist.as_ref().unwrap();
-        let dps = s.arrived as f64 / wall;
+        let h = &s.hist;
+        let dps = s.arrived as f64 / window;
         let lost = expected.saturating_sub(s.matched);
         let p99 = if !h.is_empty() {
             h.value_at_quantile(0.99) as f64 / 1000.0
         } else {
             f64::INFINITY
         };
-        let gen_bound = th_cpu / wall > 0.9;
+        let gen_bound = recv_util > a.generator_bound_util || pub_util > a.generator_bound_util;
+        let per_million = srv_cpu.map(|c| {
+            if s.arrived > 0 {
+                c * 1e6 / s.arrived as f64
+            } else {
+                0.0
+            }
+        });
         steps.push(json!({
             "rate": rate,
+            "half_of_best": half,
             "offered_deliveries_per_s": rate * alive as f64,
             "deliveries_per_s": dps,
             "latency": hist_json(h),
@@ -413,16 +574,18 @@ pub async fn fanout(a: FanoutArgs) -> R<Value> {
             "publish_errors": rep.errors,
             "publish_first_error": rep.first_error,
             "publisher_max_lag_ms": rep.max_lag_ms,
-            "window_s": wall,
+            "window_s": window,
             "server_cpu_s": srv_cpu,
             "server_cpu_util": srv_cpu.map(|c| c / wall),
-            "server_cpu_us_per_delivery": srv_cpu.map(|c| if s.arrived > 0 { c * 1e6 / s.arrived as f64 } else { 0.0 }),
-            "server_cpu_s_per_million_deliveries": srv_cpu.map(|c| if s.arrived > 0 { c * 1e6 / s.arrived as f64 } else { 0.0 }),
+            "server_cpu_us_per_delivery": per_million,
+            "server_cpu_s_per_million_deliveries": per_million,
             "server_rss_kb": rss,
-            "generator_cpu_s": g_cpu,
-            "generator_cpu_util": g_cpu / wall,
-            "generator_recv_thread_util": th_cpu / wall,
+            "generator_cpu_s": c1.2 - c0.2,
+            "generator_cpu_util": g_util,
+            "generator_recv_thread_util": recv_util,
+            "generator_publisher_thread_util": pub_util,
             "generator_bound": gen_bound,
+            "machine_cores_busy": machine_cores_busy(c0.5, c1.5),
         }));
         pb.inc(1);
         let lost_frac = if expected > 0 {
@@ -430,46 +593,80 @@ pub async fn fanout(a: FanoutArgs) -> R<Value> {
         } else {
             1.0
         };
-        if p99 <= a.p99_limit_ms && lost_frac <= 0.01 {
-            best = best.max(dps);
-        }
-        let why = if rep.closed {
+        let fatal = if rep.closed {
             Some(format!(
                 "publisher connection closed: {:?}",
                 rep.first_error
             ))
         } else if rep.errors > 0 {
             Some(format!("publish errors: {:?}", rep.first_error))
-        } else if st.borrow().closed >= alive0 {
-            Some(format!(
-                "all subscribers disconnected: {:?}",
-                st.borrow().first_close
-            ))
+        } else if s.closed >= alive0 {
+            Some(format!("all subscribers disconnected: {:?}", s.first_close))
         } else if !server.alive() {
             Some("server died".into())
-        } else if p99 > a.p99_limit_ms {
-            Some(format!(
-                "p99 {p99:.1} ms > {} ms at {rate} msg/s",
-                a.p99_limit_ms
-            ))
-        } else if lost_frac > 0.01 {
-            Some(format!(
-                "{lost} of {expected} deliveries missing at {rate} msg/s"
-            ))
         } else {
             None
         };
-        drop(s);
+        let why = fatal.clone().or_else(|| {
+            if p99 > a.p99_limit_ms {
+                Some(format!(
+                    "p99 {p99:.1} ms > {} ms at {rate:.0} msg/s",
+                    a.p99_limit_ms
+                ))
+            } else if lost_frac > 0.01 {
+                Some(format!(
+                    "{lost} of {expected} deliveries missing at {rate:.0} msg/s"
+                ))
+            } else {
+                None
+            }
+        });
+        pb.println(format!(
+            "{rate:>8.0} msg/s: {:>9.0} deliveries/s, p50 {:.1} ms, p99 {p99:.1} ms, lost {lost}; \
+             CPU server {:.2}, generator {g_util:.2} (receiving thread {recv_util:.2}, publisher \
+             {pub_util:.2}), machine {:.2} cores{}{}",
+            dps,
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            srv_cpu.unwrap_or(f64::NAN) / wall,
+            machine_cores_busy(c0.5, c1.5).unwrap_or(f64::NAN),
+            if gen_bound { " generator-bound" } else { "" },
+            if why.is_some() { " FAIL" } else { "" },
+        ));
+        if why.is_none() && best.is_none_or(|(b, _)| dps > b) {
+            best = Some((dps, gen_bound));
+        }
+        if !half {
+            ladder.result(rate, why.is_none());
+        }
         if let Some(w) = why {
-            stopped = w;
-            if !a.all_steps || rep.closed || !server.alive() {
+            if first_bad_gen_bound.is_none() {
+                first_bad_gen_bound = Some(gen_bound);
+            }
+            if !half {
+                stopped = w;
+            }
+            let fixed = matches!(ladder, Ladder::Fixed(_));
+            if fatal.is_some() || (fixed && !a.all_steps) {
                 break;
             }
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        settle(&st, (a.drain_secs * 1e9) as u64 + 5_000_000_000).await;
     }
     pb.finish_and_clear();
     drop(publisher);
+    // the generator may be what limits the result: the best step or the first failing one was
+    // generator-bound
+    let generator_bound = best.is_some_and(|(_, g)| g) || first_bad_gen_bound == Some(true);
+    eprintln!(
+        "max {:.0} deliveries/s within p99 <= {} ms; stopped: {stopped}{}",
+        best.map_or(0.0, |b| b.0),
+        a.p99_limit_ms,
+        if generator_bound {
+            "; generator-bound: the generator, not the server, may be the limit"
+        } else {
+            ""
+        }
+    );
     Ok(json!({
         "scenario": "fanout",
         "channel": channel,
@@ -479,7 +676,8 @@ pub async fn fanout(a: FanoutArgs) -> R<Value> {
         "connect_first_errors": first_errors(&errs),
         "size": a.size,
         "p99_limit_ms": a.p99_limit_ms,
-        "max_deliveries_per_s_within_limit": best,
+        "max_deliveries_per_s_within_limit": best.map_or(0.0, |b| b.0),
+        "generator_bound": generator_bound,
         "stopped_because": stopped,
         "steps": steps,
     }))

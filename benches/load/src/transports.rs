@@ -261,7 +261,7 @@ async fn phase(a: &TransportsArgs, t: &Target, server: Server, transport: &str) 
     let start_ns = now_ns() + 200_000_000;
     let (cpu0, gen0) = (server.cpu(), thread_cpu());
     let (done_tx, done_rx) = oneshot::channel();
-    publisher.send(PubRun {
+    publisher.tx.send(PubRun {
         start_ns,
         rate: a.rate,
         n,

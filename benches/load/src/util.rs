@@ -30,6 +30,42 @@ pub fn thread_cpu() -> f64 {
     rusage(libc::RUSAGE_THREAD)
 }
 
+/// CPU-time clock of the calling thread, readable from any thread with `clock_cpu`.
+pub fn thread_cpu_clock() -> libc::clockid_t {
+    let mut id: libc::clockid_t = 0;
+    unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut id) };
+    id
+}
+
+/// CPU seconds on a clock from `thread_cpu_clock`.
+pub fn clock_cpu(id: libc::clockid_t) -> f64 {
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// (busy, total) jiffies of the whole machine (/proc/stat), for how many cores were busy.
+pub fn machine_jiffies() -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = s
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4)?;
+    Some((total - idle, total))
+}
+
+/// Busy cores of the whole machine between two `machine_jiffies` readings.
+pub fn machine_cores_busy(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<f64> {
+    let ((b0, t0), (b1, t1)) = (a?, b?);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    (t1 > t0).then(|| (b1 - b0) as f64 / (t1 - t0) as f64 * cores)
+}
+
 /// Readings of the server process under test (all optional: no pid, no readings).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Server {

@@ -22,7 +22,7 @@ use crate::protocol::batch;
 use crate::protocol::{Encoding, Outgoing};
 use crate::session::inflight::Gate;
 use crate::session::output::Output;
-use crate::session::writer::CloseRequest;
+use crate::session::socket::CloseRequest;
 use crate::session::{Seen, Session};
 
 /// What a poll answers.
