@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod http;
 pub mod poll;
+pub mod raw;
 
 use std::time::Duration;
 
