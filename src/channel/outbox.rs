@@ -10,11 +10,12 @@
 //! `session.outbox_bytes` are queued, so the queue holds at most that plus one frame per producer racing
 //! for the last room.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
-use tokio::sync::mpsc;
+use futures_util::task::AtomicWaker;
 
 use super::Cursor;
 use crate::protocol::Outgoing;
@@ -44,21 +45,35 @@ pub enum OutboxError {
     Closed,
 }
 
+/// The queue itself: a `VecDeque` that holds no memory while it is empty (it is given back once
+/// drained), so an idle connection's outbox costs only this struct. A channel from tokio would allocate
+/// a block of 32 slots per connection up front, and keep it.
 struct Shared {
+    items: Mutex<VecDeque<Item>>,
+    /// The writer, parked on an empty queue.
+    waker: AtomicWaker,
     queued: AtomicUsize,
     max_bytes: usize,
+    max_frames: usize,
+    senders: AtomicUsize,
+    /// The writer is gone, or closed the queue.
+    closed: AtomicBool,
+}
+
+impl Shared {
+    /// The queue; a panic while it was held cannot leave it inconsistent (pushes and pops are whole).
+    fn items(&self) -> MutexGuard<'_, VecDeque<Item>> {
+        self.items.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The producers' end. Cheap to clone.
-#[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Item>,
     shared: Arc<Shared>,
 }
 
 /// The writer's end.
 pub struct OutboxReceiver {
-    rx: mpsc::Receiver<Item>,
     shared: Arc<Shared>,
 }
 
@@ -70,20 +85,41 @@ impl std::fmt::Debug for Outbox {
     }
 }
 
+impl Clone for Outbox {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::AcqRel);
+        Outbox {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last producer: the writer learns the queue has ended.
+            self.shared.waker.wake();
+        }
+    }
+}
+
 impl Outbox {
     /// An outbox holding at most `frames` frames and (about) `max_bytes` bytes.
     pub fn new(frames: usize, max_bytes: usize) -> (Outbox, OutboxReceiver) {
-        let (tx, rx) = mpsc::channel(frames.max(1));
         let shared = Arc::new(Shared {
+            items: Mutex::new(VecDeque::new()),
+            waker: AtomicWaker::new(),
             queued: AtomicUsize::new(0),
             max_bytes,
+            max_frames: frames.max(1),
+            senders: AtomicUsize::new(1),
+            closed: AtomicBool::new(false),
         });
         (
             Outbox {
-                tx,
                 shared: shared.clone(),
             },
-            OutboxReceiver { rx, shared },
+            OutboxReceiver { shared },
         )
     }
 
@@ -102,26 +138,30 @@ impl Outbox {
     }
 
     fn try_push(&self, out: Item) -> Result<(), OutboxError> {
-        if self.tx.is_closed() {
+        if self.is_closed() {
             return Err(OutboxError::Closed);
         }
         if !self.has_room() {
             return Err(OutboxError::Full);
         }
-        let len = out.wire_len();
-        // Counted before the frame can be taken, so the receiver never subtracts what was not added.
-        self.shared.queued.fetch_add(len, Ordering::AcqRel);
-        self.tx.try_send(out).map_err(|e| {
-            self.shared.queued.fetch_sub(len, Ordering::AcqRel);
-            match e {
-                mpsc::error::TrySendError::Full(_) => OutboxError::Full,
-                mpsc::error::TrySendError::Closed(_) => OutboxError::Closed,
+        {
+            let mut items = self.shared.items();
+            if items.len() >= self.shared.max_frames {
+                return Err(OutboxError::Full);
             }
-        })
+            // Counted before the frame can be taken, so the receiver never subtracts what was not
+            // added.
+            self.shared
+                .queued
+                .fetch_add(out.wire_len(), Ordering::AcqRel);
+            items.push_back(out);
+        }
+        self.shared.waker.wake();
+        Ok(())
     }
 
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.shared.closed.load(Ordering::Acquire)
     }
 
     /// Bytes queued now.
@@ -131,20 +171,46 @@ impl Outbox {
 }
 
 impl OutboxReceiver {
-    /// The next queued item.
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
-        let polled = self.rx.poll_recv(cx);
-        if let Poll::Ready(Some(out)) = &polled {
-            self.shared
-                .queued
-                .fetch_sub(out.wire_len(), Ordering::AcqRel);
+    fn pop(&self) -> Option<Item> {
+        let mut items = self.shared.items();
+        let item = items.pop_front()?;
+        if items.is_empty() && items.capacity() > 4 {
+            *items = VecDeque::new();
         }
-        polled
+        self.shared
+            .queued
+            .fetch_sub(item.wire_len(), Ordering::AcqRel);
+        Some(item)
+    }
+
+    /// The next queued item; `Ready(None)` once every producer is gone and the queue is empty.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        if let Some(item) = self.pop() {
+            return Poll::Ready(Some(item));
+        }
+        self.shared.waker.register(cx.waker());
+        // A producer may have pushed, or left, between the first look and the registration.
+        if let Some(item) = self.pop() {
+            return Poll::Ready(Some(item));
+        }
+        if self.shared.senders.load(Ordering::Acquire) == 0 {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
     }
 
     /// Closes the queue: producers get [`OutboxError::Closed`] from now on.
     pub fn close(&mut self) {
-        self.rx.close();
+        self.shared.closed.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        self.close();
+        // What is still queued (subscriptions' cursors among it) goes now, not with the last producer.
+        let rest = std::mem::take(&mut *self.shared.items());
+        drop(rest);
     }
 }
 
@@ -187,5 +253,48 @@ mod tests {
             2 * frame(1).wire_len(),
             "a refused frame is not counted"
         );
+    }
+
+    #[test]
+    fn a_drained_outbox_holds_no_memory_and_ends_with_its_last_producer() {
+        let (tx, mut rx) = Outbox::new(1024, usize::MAX);
+        assert_eq!(
+            tx.shared.items().capacity(),
+            0,
+            "nothing allocated up front"
+        );
+        for _ in 0..100 {
+            tx.try_send(frame(10)).unwrap();
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut taken = 0;
+        while let Poll::Ready(Some(_)) = rx.poll_recv(&mut cx) {
+            taken += 1;
+            if taken == 100 {
+                break;
+            }
+        }
+        assert_eq!(taken, 100);
+        assert_eq!(tx.shared.items().capacity(), 0, "given back once drained");
+        let tx2 = tx.clone();
+        drop(tx);
+        assert!(rx.poll_recv(&mut cx).is_pending(), "one producer is left");
+        tx2.try_send(frame(1)).unwrap();
+        drop(tx2);
+        assert!(
+            matches!(rx.poll_recv(&mut cx), Poll::Ready(Some(_))),
+            "queued frames come first"
+        );
+        assert!(matches!(rx.poll_recv(&mut cx), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn a_closed_outbox_refuses() {
+        let (tx, mut rx) = Outbox::new(16, usize::MAX);
+        rx.close();
+        assert_eq!(tx.try_send(frame(1)), Err(OutboxError::Closed));
+        let (tx, rx) = Outbox::new(16, usize::MAX);
+        drop(rx);
+        assert_eq!(tx.try_send(frame(1)), Err(OutboxError::Closed));
     }
 }
