@@ -37,6 +37,9 @@ def best_step(run):
 def half_step(run):
     """The step closest to 50% of the run's saturation (its best deliveries/s within the limit), for the
     issue's "latency at 50% of saturation"."""
+    half = [s for s in run.get("steps") or [] if s.get("half_of_best")]
+    if half:  # the search ends with a step at half the best rate
+        return half[-1]
     best = best_step(run)
     target = 0.5 * (best.get("deliveries_per_s") or 0)
     steps = [s for s in run.get("steps") or [] if s.get("deliveries_per_s")]
@@ -59,6 +62,9 @@ METRICS = {
         ("p99.9 ms @~50% sat", lambda r: get(half_step(r), "latency.p999_ms"), False),
         ("server CPU-s per 1M @~50% sat", lambda r: half_step(r).get("server_cpu_s_per_million_deliveries"), False),
         ("generator recv-thread util @best", lambda r: best_step(r).get("generator_recv_thread_util"), None),
+        ("generator publisher-thread util @best", lambda r: best_step(r).get("generator_publisher_thread_util"), None),
+        ("generator-bound (1 = the generator may be the limit)", lambda r: int(bool(r.get("generator_bound"))), None),
+        ("other processes' cores @best (shared machine)", lambda r: best_step(r).get("other_cores_busy"), None),
         ("generator CPU-s @best", lambda r: best_step(r).get("generator_cpu_s"), None),
     ],
     "idle": [

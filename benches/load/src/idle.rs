@@ -212,8 +212,13 @@ pub async fn worker(a: IdleArgs) -> R<Value> {
             "open" => {
                 let upto = (v["upto"].as_u64().ok_or("open without upto")? as usize)
                     .clamp(mine.start, mine.end);
-                let (cs, e) =
-                    open_many(opened..upto.max(opened), conc, |i| Client::connect_subscribed(&t, bind(i), chans(i)), &pb).await;
+                let (cs, e) = open_many(
+                    opened..upto.max(opened),
+                    conc,
+                    |i| Client::connect_subscribed(&t, bind(i), chans(i)),
+                    &pb,
+                )
+                .await;
                 opened = upto.max(opened);
                 errs.extend(e);
                 ok += cs.len() as u64;

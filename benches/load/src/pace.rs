@@ -19,10 +19,7 @@ pub struct Timer(AsyncFd<Fd>);
 impl Timer {
     pub fn new() -> io::Result<Timer> {
         let fd = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_REALTIME,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
+            libc::timerfd_create(libc::CLOCK_REALTIME, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC)
         };
         if fd < 0 {
             return Err(io::Error::last_os_error());

@@ -3,7 +3,9 @@
 //! JSON parsing per frame, one clock reading per read(2), only the publisher's `"t":` stamp is
 //! looked for. This is what lets one receiving thread keep up with a server delivering well over
 //! a million frames/s. Herald framing and socket.io (engine.io pings answered) both work.
-use crate::client::{find_t, frame_type, reply_to, subscribe_json, subscribed, tcp_connect, Target};
+use crate::client::{
+    find_t, frame_type, reply_to, subscribe_json, subscribed, tcp_connect, Target,
+};
 use crate::util::{now_ns, R};
 use herald_bench::ws::{self, FrameBuf};
 use std::cell::RefCell;
@@ -107,7 +109,8 @@ impl LeanSub {
             }
             _ if self.sio && p == b"2" => self.queue(ws::OP_TEXT, b"3"),
             _ if self.sio && (p.starts_with(b"41") || p.starts_with(b"1")) => {
-                self.closed_with.get_or_insert_with(|| "socket.io disconnect".into());
+                self.closed_with
+                    .get_or_insert_with(|| "socket.io disconnect".into());
             }
             ws::OP_TEXT | ws::OP_BINARY | ws::OP_CONT => return true,
             _ => {}
@@ -147,28 +150,29 @@ impl LeanSub {
                 Err(e) => break Some(self.closed_with.take().unwrap_or(e.to_string())),
             }
             let now = now_ns();
-            let mut k = sink.borrow_mut();
-            let err = loop {
-                let (op, p) = match self.fb.next_frame() {
-                    Ok(Some(f)) => f,
-                    Ok(None) => break None,
-                    Err(e) => break Some(e.to_string()),
-                };
-                if op == ws::OP_TEXT || op == ws::OP_BINARY {
-                    if let Some(t) = find_t(p) {
-                        k.delivered(now, t);
-                        continue;
+            let err = {
+                let mut k = sink.borrow_mut();
+                loop {
+                    let (op, p) = match self.fb.next_frame() {
+                        Ok(Some(f)) => f,
+                        Ok(None) => break None,
+                        Err(e) => break Some(e.to_string()),
+                    };
+                    if op == ws::OP_TEXT || op == ws::OP_BINARY {
+                        if let Some(t) = find_t(p) {
+                            k.delivered(now, t);
+                            continue;
+                        }
+                        if frame_type(p) == b"disconnect" {
+                            let w = String::from_utf8_lossy(p).into_owned();
+                            self.closed_with.get_or_insert(w);
+                            continue;
+                        }
                     }
-                    if frame_type(p) == b"disconnect" {
-                        let w = String::from_utf8_lossy(p).into_owned();
-                        self.closed_with.get_or_insert(w);
-                        continue;
-                    }
+                    let p = p.to_vec();
+                    self.control(op, &p);
                 }
-                let p = p.to_vec();
-                self.control(op, &p);
             };
-            drop(k);
             if err.is_some() {
                 break err;
             }

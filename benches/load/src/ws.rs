@@ -4,8 +4,7 @@
 //! halves of the opening handshake over a raw `TcpStream`, keeping whatever the peer sent after
 //! the HTTP head (e.g. the server's first frame) in the frame buffer.
 use memchr::memmem;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
 
 pub const OP_CONT: u8 = 0;
@@ -92,7 +91,7 @@ impl FrameBuf {
     }
 
     /// Read once from `s`; `Ok(false)` at end of stream.
-    pub async fn read_from(&mut self, s: &mut TcpStream) -> Io<bool> {
+    pub async fn read_from<S: AsyncRead + Unpin>(&mut self, s: &mut S) -> Io<bool> {
         let n = s.read(self.spare()).await?;
         self.filled(n);
         Ok(n > 0)
@@ -124,7 +123,7 @@ impl FrameBuf {
 
     /// Read until the HTTP head (through the blank line) is complete and consume it; what follows
     /// it stays buffered for `next_frame`.
-    pub async fn read_http_head(&mut self, s: &mut TcpStream) -> Io<String> {
+    pub async fn read_http_head<S: AsyncRead + Unpin>(&mut self, s: &mut S) -> Io<String> {
         loop {
             if let Some(i) = memmem::find(&self.buf[self.start..self.end], b"\r\n\r\n") {
                 let head = &self.buf[self.start..self.start + i + 4];
@@ -183,8 +182,8 @@ pub fn close_reason(p: &[u8]) -> String {
 
 /// Client side of the handshake: send the upgrade request for `path` (with its query) on `host`,
 /// read the response head into `fb` and check for 101.
-pub async fn client_handshake(
-    s: &mut TcpStream,
+pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
     fb: &mut FrameBuf,
     host: &str,
     path: &str,
@@ -207,7 +206,10 @@ pub async fn client_handshake(
 }
 
 /// Server side of the handshake: read the upgrade request into `fb` and answer 101.
-pub async fn server_handshake(s: &mut TcpStream, fb: &mut FrameBuf) -> Io<()> {
+pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    fb: &mut FrameBuf,
+) -> Io<()> {
     let head = fb.read_http_head(s).await?;
     let key = header(&head, "sec-websocket-key").ok_or_else(|| bad("no Sec-WebSocket-Key"))?;
     let resp = format!(
