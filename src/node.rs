@@ -11,11 +11,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use actix::Recipient;
-
 use crate::admission::{Admission, RefusalLog};
 use crate::auth::Authenticator;
-use crate::channel::{Evict, Hub, Registry};
+use crate::channel::{Hub, Registry};
 use crate::cluster::{Bus, Heartbeat, Log, Membership};
 use crate::config::Config;
 use crate::history::Store;
@@ -48,7 +46,7 @@ pub struct SessionEntry {
     pub transport: Transport,
     pub connected_at: SystemTime,
     /// Asks the session to close with a code.
-    pub evict: Recipient<Evict>,
+    pub evict: crate::channel::Evictor,
 }
 
 /// Live sessions by id.

@@ -30,7 +30,7 @@ pub(super) struct Subscriber {
     pub(super) encoding: crate::protocol::Encoding,
     /// The connection's outbox, for `join`/`leave`.
     pub(super) outbox: Outbox,
-    pub(super) evict: Recipient<Evict>,
+    pub(super) evict: super::Evictor,
     pub(super) cursor: Arc<CursorShared>,
 }
 

@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use actix::Recipient;
 use futures_util::task::AtomicWaker;
 use tokio::sync::oneshot;
 
@@ -91,7 +90,7 @@ pub struct Cursor {
     /// Frames in the last chunk read.
     chunk_len: usize,
     /// The session, asked to close when the cursor cannot continue.
-    evict: Recipient<Evict>,
+    evict: super::Evictor,
     node: Arc<Hub>,
     /// Frames handed out, not yet added to the node's `messages_out`.
     sent: u64,
@@ -103,7 +102,7 @@ impl Cursor {
         feed: Arc<Feed>,
         shared: Arc<CursorShared>,
         encoding: Encoding,
-        evict: Recipient<Evict>,
+        evict: super::Evictor,
     ) -> Self {
         Cursor {
             node,

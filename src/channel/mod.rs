@@ -82,6 +82,10 @@ impl ChannelError {
     }
 }
 
+/// A session's address for [`Evict`], shared by all its subscriptions and cursors: cloning a
+/// `Recipient` allocates (actix gives every sender its own task slot); cloning this does not.
+pub type Evictor = Arc<Recipient<Evict>>;
+
 /// Subscribes a session. On success the channel itself queues the `reply` (before any replayed message).
 #[derive(Message)]
 #[rtype(result = "Result<(), ChannelError>")]
@@ -90,7 +94,7 @@ pub struct Subscribe {
     pub user: Option<Arc<str>>,
     pub encoding: Encoding,
     pub outbox: Outbox,
-    pub evict: Recipient<Evict>,
+    pub evict: Evictor,
     pub request: RequestId,
     pub since: Option<Position>,
     /// Answer [`ChannelError::NotAppliedYet`] rather than `recovered: false` when `since` is in the

@@ -25,7 +25,7 @@ pub enum Item {
     /// A frame to write.
     Frame(Outgoing),
     /// The reply to a subscribe, then the subscription's messages from its cursor.
-    Subscribed(Outgoing, Cursor),
+    Subscribed(Outgoing, Box<Cursor>),
 }
 
 impl Item {
@@ -134,7 +134,7 @@ impl Outbox {
 
     /// Queues the reply to a subscribe together with the subscription's cursor, if there is room now.
     pub fn try_attach(&self, reply: Outgoing, cursor: Cursor) -> Result<(), OutboxError> {
-        self.try_push(Item::Subscribed(reply, cursor))
+        self.try_push(Item::Subscribed(reply, Box::new(cursor)))
     }
 
     fn try_push(&self, out: Item) -> Result<(), OutboxError> {
@@ -174,7 +174,7 @@ impl OutboxReceiver {
     fn pop(&self) -> Option<Item> {
         let mut items = self.shared.items();
         let item = items.pop_front()?;
-        if items.is_empty() && items.capacity() > 4 {
+        if items.is_empty() {
             *items = VecDeque::new();
         }
         self.shared

@@ -1,5 +1,6 @@
 //! What a session does with each validated command: local checks first, then the channel actor.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -122,7 +123,7 @@ impl Session {
                     .cloned()
                     .collect();
                 ended.sort();
-                self.claims = Some(claims);
+                self.claims = Some(Box::new(claims));
                 self.arm_expiry(ctx);
                 // Each channel confirms the unsubscribe first: after that it queues nothing more for
                 // this session, so no message of an ended channel follows its `unsubscribed` frame.
@@ -263,7 +264,7 @@ impl Session {
             user: self.user.clone(),
             encoding: self.encoding,
             outbox: self.outbox.clone(),
-            evict: ctx.address().recipient(),
+            evict: self.evictor(ctx),
             request: a.id.clone(),
             since: a.since.clone(),
             may_wait: Instant::now() < a.wait_until,
@@ -294,6 +295,10 @@ impl Session {
                 drop(slot);
                 if current {
                     act.attempts.remove(&a.channel);
+                    if act.attempts.is_empty() {
+                        // Usually empty: its table goes rather than stay for the connection's life.
+                        act.attempts = HashMap::new();
+                    }
                 }
                 if let Some(err) = err {
                     if current {

@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 
 use crate::admission::Ticket;
 use crate::auth::Claims;
-use crate::channel::{ChannelActor, Evict, Outbox, OutboxReceiver, Unsubscribe};
+use crate::channel::{ChannelActor, Evict, Evictor, Outbox, OutboxReceiver, Unsubscribe};
 use crate::node::{Node, SessionEntry, Stats};
 use crate::protocol::{
     encode, CloseCode, DisconnectBody, Encoding, ErrorBody, ErrorCode, FrameError, Outgoing,
@@ -48,7 +48,7 @@ pub struct Session {
     transport: Transport,
     user: Option<Arc<str>>,
     /// Claims of the connection's token; `None` for anonymous connections.
-    claims: Option<Claims>,
+    claims: Option<Box<Claims>>,
     /// The admission slot, given back when the session is dropped.
     _ticket: Ticket,
     /// The timer that closes the connection when its token expires.
@@ -57,6 +57,8 @@ pub struct Session {
     encoding: Encoding,
     node: Arc<Node>,
     outbox: Outbox,
+    /// This session's address for evictions, made once and shared (see [`Evictor`]).
+    evictor: Option<Evictor>,
     closer: Option<oneshot::Sender<CloseRequest>>,
     subscriptions: HashMap<String, Addr<ChannelActor>>,
     /// Subscribes in progress by channel, with their attempt number (see `commands::SubscribeAttempt`).
@@ -69,6 +71,8 @@ pub struct Session {
     gate: inflight::Gate,
     bad_frames: u32,
     last_seen: Instant,
+    /// When the last WebSocket ping was queued (the connection's start before the first).
+    last_ping: Instant,
     opened: Instant,
     /// Span of this connection (session id, user, peer); entered by every handler.
     span: tracing::Span,
@@ -104,12 +108,13 @@ impl Session {
             transport,
             span,
             user: claims.as_ref().map(|c| Arc::from(c.sub.as_str())),
-            claims,
+            claims: claims.map(Box::new),
             _ticket: ticket,
             expiry: None,
             peer,
             encoding,
             outbox: tx,
+            evictor: None,
             closer: Some(close_tx),
             subscriptions: HashMap::new(),
             attempts: HashMap::new(),
@@ -122,10 +127,18 @@ impl Session {
             gate: inflight::Gate::new(node.config.session.max_inflight),
             bad_frames: 0,
             last_seen: Instant::now(),
+            last_ping: Instant::now(),
             opened: Instant::now(),
             node,
         };
         (session, rx, close_rx)
+    }
+
+    /// This session's address for evictions (channels and cursors keep a clone).
+    fn evictor(&mut self, ctx: &mut Context<Self>) -> Evictor {
+        self.evictor
+            .get_or_insert_with(|| Arc::new(ctx.address().recipient()))
+            .clone()
     }
 
     /// The gate to put in front of this session's incoming frames.
@@ -290,17 +303,32 @@ impl Session {
         }));
     }
 
-    /// Closes the connection with 4002 once it has sent nothing for `session.heartbeat_timeout_ms`. One
-    /// timer per connection, armed for the deadline: when it fires early because something arrived in
-    /// between, it re-arms for the rest. So a silent client is closed at the timeout (to the timer's
-    /// precision, a millisecond), not at the next ping tick, and the timer fires about once per timeout.
-    fn watch_silence(&mut self, ctx: &mut Context<Self>) {
-        let timeout = Duration::from_millis(self.node.config.session.heartbeat_timeout_ms);
+    /// The connection's one timer: it sends WebSocket pings every `session.heartbeat_ms` (not on
+    /// long-polling, whose client shows it is alive by polling) and closes the connection with 4002 once
+    /// it has sent nothing for `session.heartbeat_timeout_ms`. It is armed for whichever comes first and
+    /// re-armed when it fires, so a silent client is closed at the timeout (to the timer's precision, a
+    /// millisecond), not at the next ping. One timer instead of an interval plus a deadline: each is an
+    /// allocation per connection, and a fourth item in the actor's context spills its inline list.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let session = &self.node.config.session;
+        let timeout = Duration::from_millis(session.heartbeat_timeout_ms);
         let silent = self.last_seen.elapsed();
         if silent >= timeout {
             return self.close(CloseCode::HeartbeatTimeout, None, ctx);
         }
-        ctx.run_later(timeout - silent, |act, ctx| act.watch_silence(ctx));
+        let mut next = timeout - silent;
+        if self.transport == Transport::WebSocket {
+            let every = Duration::from_millis(session.heartbeat_ms);
+            let since_ping = self.last_ping.elapsed();
+            if since_ping >= every {
+                self.last_ping = Instant::now();
+                self.push(Outgoing::Ping, ctx);
+                next = next.min(every);
+            } else {
+                next = next.min(every - since_ping);
+            }
+        }
+        ctx.run_later(next, |act, ctx| act.tick(ctx));
     }
 }
 
@@ -330,6 +358,7 @@ impl Actor for Session {
             Stats::gauge(&self.node.stats.polling_sessions, 1);
         }
         Stats::add(&self.node.stats.connections_opened, 1);
+        let evict = self.evictor(ctx);
         self.node.sessions.insert(
             self.id.clone(),
             SessionEntry {
@@ -337,7 +366,7 @@ impl Actor for Session {
                 peer: self.peer,
                 transport: self.transport,
                 connected_at: SystemTime::now(),
-                evict: ctx.address().recipient(),
+                evict,
             },
         );
         let id = self.id.clone();
@@ -353,12 +382,7 @@ impl Actor for Session {
             }),
             ctx,
         );
-        if self.transport == Transport::WebSocket {
-            // A long-polling client shows it is alive by polling; it has no WebSocket ping to answer.
-            let every = Duration::from_millis(self.node.config.session.heartbeat_ms);
-            ctx.run_interval(every, |act, ctx| act.push(Outgoing::Ping, ctx));
-        }
-        self.watch_silence(ctx);
+        self.tick(ctx);
         self.arm_expiry(ctx);
         if self.node.is_draining() {
             self.close(CloseCode::GoingAway, None, ctx);

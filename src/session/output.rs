@@ -33,7 +33,10 @@ impl Output {
         match self.outbox.poll_recv(cx) {
             Poll::Ready(Some(Item::Frame(out))) => return Poll::Ready(Some(out)),
             Poll::Ready(Some(Item::Subscribed(reply, cursor))) => {
-                self.cursors.push(cursor);
+                // Exactly as many slots as subscriptions: a cursor is 160 bytes, and a `Vec` would
+                // otherwise keep room for 4 after the first.
+                self.cursors.reserve_exact(1);
+                self.cursors.push(*cursor);
                 return Poll::Ready(Some(reply));
             }
             Poll::Ready(None) => return Poll::Ready(None),

@@ -95,7 +95,7 @@ impl Stream for Reader {
         let this = self.get_mut();
         loop {
             if let Some(m) = this.queue.pop_front() {
-                if this.queue.is_empty() && this.queue.capacity() > 8 {
+                if this.queue.is_empty() {
                     this.queue = VecDeque::new();
                 }
                 return Poll::Ready(Some(Ok(m)));

@@ -172,7 +172,7 @@ impl Writer {
                 written = 0;
             }
         }
-        if self.queue.is_empty() && self.queue.capacity() > 16 {
+        if self.queue.is_empty() {
             self.queue = VecDeque::new();
         }
     }
