@@ -298,7 +298,7 @@ pub(crate) fn spawn_publisher(t: Target, channel: String, size: usize) -> R<Publ
 }
 
 /// The rates a fan-out run steps through: a fixed list, or a search that grows the rate
-/// geometrically until a step fails, then bisects (geometric mean) between the last good and the
+/// geometrically until a step fails (or shrinks it until one passes), then bisects (geometric mean) between the last good and the
 /// first bad rate `refine` times, and ends with one step at half the best rate (latency at 50%).
 enum Ladder {
     Fixed(std::collections::VecDeque<f64>),
@@ -353,7 +353,7 @@ impl Ladder {
         }
     }
 
-    /// The step at `rate` passed (`ok`) or failed; `ladder_only`: the half step does not steer.
+    /// The step at `rate` passed (`ok`) or failed (the half step is not reported here).
     fn result(&mut self, rate: f64, ok: bool) {
         let Ladder::Search {
             next,
@@ -374,6 +374,8 @@ impl Ladder {
         }
         *next = match (*good, *bad) {
             (Some(g), None) if g * *growth <= *max_rate => Some(g * *growth),
+            // even the first rate failed: step down (to 1 msg/s at the lowest)
+            (None, Some(b)) if b > 1.0 => Some((b / (*growth * *growth)).max(1.0)),
             (Some(g), Some(b)) if *refine > 0 && b > g => {
                 *refine -= 1;
                 Some((g * b).sqrt())
@@ -847,4 +849,49 @@ pub async fn replay(a: ReplayArgs) -> R<Value> {
         "server_cpu_s_replaying": server.cpu().zip(cpu1).map(|(b, a)| b - a),
         "generator_cpu_s": gen_cpu() - g0,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ladder;
+
+    /// Rates a search visits when every rate up to `limit` passes.
+    fn search(start: f64, limit: f64) -> Vec<f64> {
+        let mut l = Ladder::Search {
+            next: Some(start),
+            growth: 1.5,
+            max_rate: 1e6,
+            refine: 3,
+            good: None,
+            bad: None,
+            half_done: false,
+        };
+        let mut seen = Vec::new();
+        while let Some((r, half)) = l.next() {
+            seen.push(r.round());
+            if !half {
+                l.result(r, r <= limit);
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn search_grows_bisects_and_ends_at_half_the_best() {
+        let s = search(100.0, 1400.0);
+        assert_eq!(
+            &s[..8],
+            &[100.0, 150.0, 225.0, 338.0, 506.0, 759.0, 1139.0, 1709.0]
+        );
+        // three bisections (1395 passes, 1544 and 1468 fail), then half of the best passing rate
+        assert_eq!(&s[8..], &[1395.0, 1544.0, 1468.0, 698.0]);
+    }
+
+    #[test]
+    fn search_steps_down_when_the_first_rate_fails() {
+        let s = search(100.0, 30.0);
+        // 44 fails, 20 passes, then bisections between them
+        assert_eq!(&s[..4], &[100.0, 44.0, 20.0, 30.0]);
+        assert!(s.len() < 10);
+    }
 }

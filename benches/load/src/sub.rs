@@ -96,7 +96,7 @@ impl LeanSub {
         Ok(())
     }
 
-    /// Handle one frame: `Some(payload)` for a herald frame, `None` for control frames (answered
+    /// Handle one frame: `true` for a herald frame, `false` for control frames (pings answered
     /// here) and socket.io's own packets. Sets `closed_with` when the server ends the connection.
     fn control(&mut self, op: u8, p: &[u8]) -> bool {
         match op {
