@@ -12,8 +12,9 @@
 # `FANOUT_RATES=1000,2000 CHURN_RATES="1000 5000" benches/compare.sh --scenarios "fanout churn"`:
 # REPS FANOUT_SUBS FANOUT_SIZES FANOUT_RATES STEP WARM IDLE_SIZES IDLE_REST IDLE_BIG_REPS CHURN_RATES
 # CHURN_SECS CHURN_HOLD REPLAY_SIZES FANOUT_P99_LIMIT_MS (default 100; raise it, e.g. to 1000, on a loaded
-# machine to find the throughput ceiling rather than the latency-bound one) BASELINE_THREADS (default 1:
-# the single-threaded baseline, the ceiling on 2 cores, where the generator needs the other core).
+# machine to find the throughput ceiling rather than the latency-bound one) BASELINE_THREADS (default: 1, the
+# single-threaded baseline, which reaches the most on 2 cores where the generator needs the other core; 2 for
+# fan-out to more than 2,000 subscribers, where one message's 10k sends take ~90 ms on one core).
 # Without FANOUT_RATES, fanout searches: rates grow x1.5 from 100k deliveries/s until p99 > limit, then 3
 # bisections between the last good and the first bad rate (~5% apart), then one step at half the best.
 #
@@ -53,7 +54,7 @@ while [ $# -gt 0 ]; do
     --scenarios) SCENARIOS="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --no-build) NO_BUILD=1 ;;
-    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -92,7 +93,8 @@ else
   : "${REPLAY_SIZES:=1000 10000 100000}"
 fi
 read -r HOLD_MIN HOLD_MAX <<<"$CHURN_HOLD"
-: "${FANOUT_P99_LIMIT_MS:=100}" "${BASELINE_THREADS:=1}"
+: "${FANOUT_P99_LIMIT_MS:=100}"
+THREADS=${BASELINE_THREADS:-1}
 FANOUT_LADDER=()
 if [ -n "${FANOUT_RATES:-}" ]; then FANOUT_LADDER=(--rates "$FANOUT_RATES"); fi
 # ---- build and install
@@ -132,7 +134,7 @@ start_server() {
         RUST_LOG=${RUST_LOG:-warn} "$TARGET/release/herald" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
         --data-dir "$dd" >"$log" 2>&1) &
       ;;
-    baseline) "$TARGET/release/baseline-server" --listen 127.0.0.1:0 --threads "$BASELINE_THREADS" >"$log" 2>&1 & ;;
+    baseline) "$TARGET/release/baseline-server" --listen 127.0.0.1:0 --threads "$THREADS" >"$log" 2>&1 & ;;
     ws) node "$SCRATCH/peers/ws-server.js" --listen 127.0.0.1:0 >"$log" 2>&1 & ;;
     sio) node "$SCRATCH/peers/sio-server.js" --listen 127.0.0.1:0 >"$log" 2>&1 & PROTO=sio ;;
     *) echo "unknown server $name" >&2; exit 2 ;;
@@ -180,7 +182,9 @@ for sc in $SCENARIOS; do
         for subs in $FANOUT_SUBS; do
         for size in $FANOUT_SIZES; do
           echo "== fanout ${subs} subs ${size}B: $srv" >&2
+          THREADS=${BASELINE_THREADS:-$([ "$subs" -gt 2000 ] && echo 2 || echo 1)}
           start_server "$srv"
+          THREADS=${BASELINE_THREADS:-1}
           bench "$srv" "$OUT/runs/warmup-fanout$size-$srv.json" fanout --subscribers "$subs" --size "$size" \
             --rates 500 --step-secs 1 --warmup-secs 0.2
           for r in $(seq 1 "$REPS"); do

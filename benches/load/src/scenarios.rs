@@ -492,7 +492,8 @@ pub async fn fanout(a: FanoutArgs) -> R<Value> {
     let publisher = spawn_publisher(pt, channel.clone(), a.size)?;
     let mut steps = Vec::new();
     let mut stopped = "all rates done".to_string();
-    let mut best: Option<(f64, bool)> = None;
+    // (deliveries/s, generator-bound, subscribers alive) of the best passing step
+    let mut best: Option<(f64, bool, u64)> = None;
     let mut first_bad_gen_bound = None;
     let mut ladder = Ladder::new(&a);
     let pb = progress(0, "steps");
@@ -663,8 +664,8 @@ pub async fn fanout(a: FanoutArgs) -> R<Value> {
             continue;
         }
         tries = 0;
-        if why.is_none() && best.is_none_or(|(b, _)| dps > b) {
-            best = Some((dps, gen_bound));
+        if why.is_none() && best.is_none_or(|(b, _, _)| dps > b) {
+            best = Some((dps, gen_bound, alive));
         }
         if !half {
             ladder.result(rate, why.is_none());
@@ -687,11 +688,21 @@ pub async fn fanout(a: FanoutArgs) -> R<Value> {
     drop(publisher);
     // the generator may be what limits the result: the best step or the first failing one was
     // generator-bound
-    let generator_bound = best.is_some_and(|(_, g)| g) || first_bad_gen_bound == Some(true);
+    let generator_bound = best.is_some_and(|(_, g, _)| g) || first_bad_gen_bound == Some(true);
+    let closed = st.borrow().closed;
     eprintln!(
-        "max {:.0} deliveries/s within p99 <= {} ms; stopped: {stopped}{}",
+        "max {:.0} deliveries/s within p99 <= {} ms to {} subscribers; stopped: {stopped}{}{}",
         best.map_or(0.0, |b| b.0),
         a.p99_limit_ms,
+        best.map_or(alive0, |b| b.2),
+        if closed > 0 {
+            format!(
+                "; {closed} subscribers were disconnected ({:?})",
+                st.borrow().first_close
+            )
+        } else {
+            String::new()
+        },
         if generator_bound {
             "; generator-bound: the generator, not the server, may be the limit"
         } else {
@@ -708,6 +719,7 @@ pub async fn fanout(a: FanoutArgs) -> R<Value> {
         "size": a.size,
         "p99_limit_ms": a.p99_limit_ms,
         "max_deliveries_per_s_within_limit": best.map_or(0.0, |b| b.0),
+        "subscribers_alive_at_best": best.map(|b| b.2),
         "generator_bound": generator_bound,
         "stopped_because": stopped,
         "steps": steps,
