@@ -52,17 +52,19 @@ pub struct SessionEntry {
 /// Live sessions by id.
 #[derive(Default)]
 pub struct Sessions {
-    inner: Mutex<HashMap<Arc<str>, SessionEntry>>,
+    /// Entries are boxed: the table keeps room for up to twice as many slots as sessions, and an empty
+    /// slot then costs a pointer instead of a whole entry.
+    inner: Mutex<HashMap<Arc<str>, Box<SessionEntry>>>,
 }
 
 impl Sessions {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, SessionEntry>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Box<SessionEntry>>> {
         // A poisoned lock only means another thread panicked mid-insert; the map itself stays usable.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn insert(&self, id: Arc<str>, entry: SessionEntry) {
-        self.lock().insert(id, entry);
+        self.lock().insert(id, Box::new(entry));
     }
 
     pub fn remove(&self, id: &str) {
@@ -81,7 +83,7 @@ impl Sessions {
     pub fn snapshot(&self) -> Vec<(Arc<str>, SessionEntry)> {
         self.lock()
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), SessionEntry::clone(v)))
             .collect()
     }
 }

@@ -118,9 +118,9 @@ impl Session {
                 // `unsubscribed` frame, so the reply comes after the last of them.
                 let mut ended: Vec<String> = self
                     .subscriptions
-                    .keys()
+                    .iter()
                     .filter(|ch| !claims.may_subscribe(ch))
-                    .cloned()
+                    .map(|ch| ch.to_string())
                     .collect();
                 ended.sort();
                 self.claims = Some(Box::new(claims));
@@ -129,7 +129,8 @@ impl Session {
                 // this session, so no message of an ended channel follows its `unsubscribed` frame.
                 let confirmations: Vec<_> = ended
                     .iter()
-                    .filter_map(|ch| self.subscriptions.remove(ch))
+                    .filter(|ch| self.subscriptions.remove(ch.as_str()))
+                    .filter_map(|ch| self.node.channels.get(ch))
                     .map(|addr| {
                         addr.send(Unsubscribe {
                             session: self.id.clone(),
@@ -202,9 +203,6 @@ impl Session {
         channel: &str,
         ctx: &mut Context<Self>,
     ) -> Option<Addr<crate::channel::ChannelActor>> {
-        if let Some(addr) = self.subscriptions.get(channel) {
-            return Some(addr.clone());
-        }
         match self.node.channels.get_or_start(&self.node.hub, channel) {
             Ok(addr) => Some(addr),
             Err(e) => {
@@ -224,7 +222,7 @@ impl Session {
         if !self.check_claims(&id, &channel, false, ctx) {
             return;
         }
-        if self.subscriptions.contains_key(&channel) {
+        if self.subscriptions.contains(channel.as_str()) {
             return self.fail(channel_error(&id, &ChannelError::AlreadySubscribed), ctx);
         }
         if self.subscriptions.len() >= self.node.config.limits.max_subscriptions_per_connection {
@@ -239,7 +237,7 @@ impl Session {
             return;
         };
         // Recorded before the answer so a disconnect meanwhile still unsubscribes.
-        self.subscriptions.insert(channel.clone(), addr.clone());
+        self.subscriptions.insert(channel.as_str().into());
         self.next_attempt += 1;
         self.attempts.insert(channel.clone(), self.next_attempt);
         let attempt = SubscribeAttempt {
@@ -302,7 +300,7 @@ impl Session {
                 }
                 if let Some(err) = err {
                     if current {
-                        act.subscriptions.remove(&a.channel);
+                        act.subscriptions.remove(a.channel.as_str());
                     }
                     act.fail(err, ctx);
                 }
@@ -313,9 +311,13 @@ impl Session {
     fn unsubscribe(&mut self, id: RequestId, channel: String, ctx: &mut Context<Self>) {
         // A subscribe still waiting to resume ends here too.
         self.attempts.remove(&channel);
-        let Some(addr) = self.subscriptions.remove(&channel) else {
+        if !self.subscriptions.remove(channel.as_str()) {
             let err = FrameError::new(Some(id), ErrorCode::NotSubscribed, "not subscribed");
             return self.fail((err, None), ctx);
+        }
+        let Some(addr) = self.node.channels.get(&channel) else {
+            // The channel's actor is gone, and the subscription with it.
+            return self.reply(&id, &results::empty(), ctx);
         };
         let slot = self.gate.enter();
         addr.send(Unsubscribe {

@@ -20,7 +20,7 @@ pub mod output;
 pub mod polling;
 pub mod socket;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 
 use crate::admission::Ticket;
 use crate::auth::Claims;
-use crate::channel::{ChannelActor, Evict, Evictor, Outbox, OutboxReceiver, Unsubscribe};
+use crate::channel::{Evict, Evictor, Outbox, OutboxReceiver, Unsubscribe};
 use crate::node::{Node, SessionEntry, Stats};
 use crate::protocol::{
     encode, CloseCode, DisconnectBody, Encoding, ErrorBody, ErrorCode, FrameError, Outgoing,
@@ -60,7 +60,9 @@ pub struct Session {
     /// This session's address for evictions, made once and shared (see [`Evictor`]).
     evictor: Option<Evictor>,
     closer: Option<oneshot::Sender<CloseRequest>>,
-    subscriptions: HashMap<String, Addr<ChannelActor>>,
+    /// The channels subscribed to (their actors are found through the registry: an `Addr` kept per
+    /// subscription would cost an allocation of its own).
+    subscriptions: HashSet<Box<str>>,
     /// Subscribes in progress by channel, with their attempt number (see `commands::SubscribeAttempt`).
     attempts: HashMap<String, u64>,
     next_attempt: u64,
@@ -74,7 +76,7 @@ pub struct Session {
     /// When the last WebSocket ping was queued (the connection's start before the first).
     last_ping: Instant,
     opened: Instant,
-    /// Span of this connection (session id, user, peer); entered by every handler.
+    /// Span of this connection (session id, user, peer), at debug level; entered by every handler.
     span: tracing::Span,
 }
 
@@ -97,7 +99,9 @@ impl Session {
         let rate = NonZeroU32::new(limits.messages_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limits.messages_burst).unwrap_or(NonZeroU32::MIN);
         let id: Arc<str> = Arc::from(ulid::Ulid::new().to_string());
-        let span = tracing::info_span!(
+        // At debug level only: a span that is enabled costs the subscriber's registry about 500 bytes
+        // per connection for as long as the connection lives (measured: S1 in docs/benchmarks.md).
+        let span = tracing::debug_span!(
             "session",
             session = %id,
             user = claims.as_ref().map(|c| c.sub.as_str()).unwrap_or("-"),
@@ -116,7 +120,7 @@ impl Session {
             outbox: tx,
             evictor: None,
             closer: Some(close_tx),
-            subscriptions: HashMap::new(),
+            subscriptions: HashSet::new(),
             attempts: HashMap::new(),
             next_attempt: 0,
             limiter: RateLimiter::direct_with_clock(
@@ -391,10 +395,12 @@ impl Actor for Session {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         let _span = self.span.clone().entered();
-        for (_, addr) in self.subscriptions.drain() {
-            addr.do_send(Unsubscribe {
-                session: self.id.clone(),
-            });
+        for channel in self.subscriptions.drain() {
+            if let Some(addr) = self.node.channels.get(&channel) {
+                addr.do_send(Unsubscribe {
+                    session: self.id.clone(),
+                });
+            }
         }
         self.node.sessions.remove(&self.id);
         Stats::gauge(&self.node.stats.sessions, -1);
