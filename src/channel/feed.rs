@@ -96,6 +96,28 @@ impl WindowItem {
     }
 }
 
+/// The index of the first item of `window` after `pos` (offsets strictly increase, with gaps in a
+/// cluster). Every delivery asks this, so the two common answers come without a search: the newest item
+/// (a subscriber that keeps up), and the item at `pos + 1` where offsets are dense (one catching up).
+fn next_index(window: &VecDeque<Arc<WindowItem>>, pos: u64) -> usize {
+    let n = window.len();
+    if n == 0 || window[n - 1].offset() <= pos {
+        return n;
+    }
+    if n == 1 || window[n - 2].offset() <= pos {
+        return n - 1;
+    }
+    let guess = (pos + 1).saturating_sub(window[0].offset());
+    match usize::try_from(guess)
+        .ok()
+        .and_then(|g| window.get(g).map(|it| (g, it)))
+    {
+        // Offsets strictly increase, so everything before an item at `pos + 1` is at or before `pos`.
+        Some((g, item)) if item.offset() == pos + 1 => g,
+        _ => window.partition_point(|item| item.offset() <= pos),
+    }
+}
+
 /// What comes after a cursor's position.
 pub enum Next {
     /// The next message, from the window.
@@ -214,8 +236,7 @@ impl Feed {
         if pos < s.from {
             return Next::Disk(s.epoch.clone(), s.head);
         }
-        let i = s.window.partition_point(|item| item.offset() <= pos);
-        match s.window.get(i) {
+        match s.window.get(next_index(&s.window, pos)) {
             Some(item) => Next::Window(item.clone()),
             None => Next::Idle,
         }
@@ -323,6 +344,31 @@ mod tests {
         assert_eq!(offset_of(f.next_after(10, 0)), Some(20));
         assert!(matches!(f.next_after(20, 0), Next::Idle));
         assert!(matches!(f.next_after(25, 0), Next::Idle));
+    }
+
+    #[test]
+    fn the_fast_paths_find_what_a_search_finds() {
+        let sets: [&[u64]; 5] = [
+            &[],
+            &[5],
+            &[1, 2, 3, 4, 5],
+            &[3, 7, 8, 20],
+            &[10, 11, 12, 40, 41, 42, 256],
+        ];
+        for offsets in sets {
+            let window: VecDeque<Arc<WindowItem>> = offsets
+                .iter()
+                .map(|&o| Arc::new(WindowItem::new(msg(o, 1), "e".into())))
+                .collect();
+            for pos in 0..300 {
+                let searched = window.partition_point(|item| item.offset() <= pos);
+                assert_eq!(
+                    next_index(&window, pos),
+                    searched,
+                    "{offsets:?} after {pos}"
+                );
+            }
+        }
     }
 
     #[test]

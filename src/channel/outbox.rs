@@ -185,6 +185,18 @@ impl OutboxReceiver {
 
     /// The next queued item; `Ready(None)` once every producer is gone and the queue is empty.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        // The writer asks on every wake-up, mostly for data: an empty queue is seen without its lock.
+        // Producers count an item's bytes before they push it and wake after, so a push that this
+        // second look misses wakes the waker registered here.
+        if self.shared.queued.load(Ordering::Acquire) == 0 {
+            self.shared.waker.register(cx.waker());
+            if self.shared.queued.load(Ordering::Acquire) == 0 {
+                if self.shared.senders.load(Ordering::Acquire) == 0 {
+                    return Poll::Ready(None);
+                }
+                return Poll::Pending;
+            }
+        }
         if let Some(item) = self.pop() {
             return Poll::Ready(Some(item));
         }
