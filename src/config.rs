@@ -344,7 +344,7 @@ impl Default for ChannelConfig {
         ChannelConfig {
             idle_ms: 30_000,
             window: 1024,
-            window_bytes: 1 << 20,
+            window_bytes: 4 << 20,
             join_leave_per_second: 20,
         }
     }

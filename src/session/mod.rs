@@ -51,8 +51,10 @@ pub struct Session {
     claims: Option<Box<Claims>>,
     /// The admission slot, given back when the session is dropped.
     _ticket: Ticket,
-    /// The timer that closes the connection when its token expires.
-    expiry: Option<SpawnHandle>,
+    /// The connection's timer (see `tick`).
+    timer: Option<SpawnHandle>,
+    /// When the token expires (4003), if there is one.
+    expires_at: Option<Instant>,
     peer: Option<SocketAddr>,
     encoding: Encoding,
     node: Arc<Node>,
@@ -114,7 +116,8 @@ impl Session {
             user: claims.as_ref().map(|c| Arc::from(c.sub.as_str())),
             claims: claims.map(Box::new),
             _ticket: ticket,
-            expiry: None,
+            timer: None,
+            expires_at: None,
             peer,
             encoding,
             outbox: tx,
@@ -286,53 +289,62 @@ impl Session {
         }
     }
 
-    /// (Re)arms the timer that closes the connection with 4003 when the token expires.
+    /// Sets when the token expires (4003 then) and re-arms the connection's timer for it.
     fn arm_expiry(&mut self, ctx: &mut Context<Self>) {
-        if let Some(h) = self.expiry.take() {
-            ctx.cancel_future(h);
-        }
-        let Some(exp) = self.claims.as_ref().map(|c| c.exp) else {
-            return;
-        };
-        let now = crate::protocol::now_ms() / 1000;
-        let leeway = self.node.config.auth.leeway_secs;
-        // `exp` comes from the token: saturate, and cap the timer at a year (tokens live far less).
-        let left = Duration::from_secs(
-            exp.saturating_add(leeway)
+        self.expires_at = self.claims.as_ref().map(|c| {
+            let now = crate::protocol::now_ms() / 1000;
+            let leeway = self.node.config.auth.leeway_secs;
+            // `exp` comes from the token: saturate, and cap the wait at a year (tokens live far less).
+            let left = c
+                .exp
+                .saturating_add(leeway)
                 .saturating_sub(now)
-                .min(365 * 86_400),
-        );
-        self.expiry = Some(ctx.run_later(left, |act, ctx| {
-            act.close(CloseCode::TokenExpired, None, ctx);
-        }));
+                .min(365 * 86_400);
+            Instant::now() + Duration::from_secs(left)
+        });
+        self.tick(ctx);
     }
 
-    /// The connection's one timer: it sends WebSocket pings every `session.heartbeat_ms` (not on
-    /// long-polling, whose client shows it is alive by polling) and closes the connection with 4002 once
-    /// it has sent nothing for `session.heartbeat_timeout_ms`. It is armed for whichever comes first and
-    /// re-armed when it fires, so a silent client is closed at the timeout (to the timer's precision, a
-    /// millisecond), not at the next ping. One timer instead of an interval plus a deadline: each is an
-    /// allocation per connection, and a fourth item in the actor's context spills its inline list.
+    /// The connection's one timer. It sends WebSocket pings every `session.heartbeat_ms` (not on
+    /// long-polling, whose client shows it is alive by polling), closes the connection with 4002 once it
+    /// has sent nothing for `session.heartbeat_timeout_ms`, and with 4003 when its token expires. It is
+    /// armed for whichever comes first and re-armed when it fires, so a silent client is closed at the
+    /// timeout (to the timer's precision, a millisecond), not at the next ping. One timer instead of an
+    /// interval and two deadlines: each is an allocation per connection for its whole life, and more than
+    /// three items in the actor's context spill its inline list onto the heap.
     fn tick(&mut self, ctx: &mut Context<Self>) {
+        if let Some(h) = self.timer.take() {
+            ctx.cancel_future(h);
+        }
+        let now = Instant::now();
+        if self.expires_at.is_some_and(|at| at <= now) {
+            return self.close(CloseCode::TokenExpired, None, ctx);
+        }
         let session = &self.node.config.session;
         let timeout = Duration::from_millis(session.heartbeat_timeout_ms);
-        let silent = self.last_seen.elapsed();
+        let silent = now.saturating_duration_since(self.last_seen);
         if silent >= timeout {
             return self.close(CloseCode::HeartbeatTimeout, None, ctx);
         }
         let mut next = timeout - silent;
         if self.transport == Transport::WebSocket {
             let every = Duration::from_millis(session.heartbeat_ms);
-            let since_ping = self.last_ping.elapsed();
+            let since_ping = now.saturating_duration_since(self.last_ping);
             if since_ping >= every {
-                self.last_ping = Instant::now();
+                self.last_ping = now;
                 self.push(Outgoing::Ping, ctx);
                 next = next.min(every);
             } else {
                 next = next.min(every - since_ping);
             }
         }
-        ctx.run_later(next, |act, ctx| act.tick(ctx));
+        if let Some(at) = self.expires_at {
+            next = next.min(at - now);
+        }
+        self.timer = Some(ctx.run_later(next, |act, ctx| {
+            act.timer = None;
+            act.tick(ctx)
+        }));
     }
 }
 
@@ -386,7 +398,6 @@ impl Actor for Session {
             }),
             ctx,
         );
-        self.tick(ctx);
         self.arm_expiry(ctx);
         if self.node.is_draining() {
             self.close(CloseCode::GoingAway, None, ctx);

@@ -183,7 +183,9 @@ pub struct Decoder {
     max: usize,
     /// The start of a frame that has not fully arrived.
     pending: BytesMut,
-    message: Option<Partial>,
+    /// Boxed: it exists only while a fragmented message arrives, and inline it would cost every
+    /// connection its size.
+    message: Option<Box<Partial>>,
     framing: Framing,
 }
 
@@ -273,7 +275,7 @@ impl Decoder {
                 if h.fin {
                     out.push_back(finish(m));
                 } else {
-                    self.message = Some(m);
+                    self.message = Some(Box::new(m));
                 }
             }
             OP_CONTINUATION => {
@@ -290,7 +292,7 @@ impl Decoder {
                 m.check_utf8(h.fin)?;
                 if h.fin {
                     if let Some(m) = self.message.take() {
-                        out.push_back(finish(m));
+                        out.push_back(finish(*m));
                     }
                 }
             }
