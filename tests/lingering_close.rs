@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::raw::*;
 use common::*;
@@ -68,94 +68,21 @@ fn keep_sending(
     })
 }
 
-/// Splits a raw connection: its reader (with what it buffered) and its write half.
-fn split(ws: RawWs) -> (RawReader, tokio::net::tcp::OwnedWriteHalf) {
-    let (r, w) = ws.stream.into_split();
-    (RawReader { r, buf: ws.buf }, w)
-}
-
-struct RawReader {
-    r: tokio::net::tcp::OwnedReadHalf,
-    buf: Vec<u8>,
-}
-
-impl RawReader {
-    /// The server's frames until its close frame: (texts, close code), or `None` if the connection
-    /// ended (EOF or reset) without one.
-    async fn until_close(&mut self) -> Option<(Vec<serde_json::Value>, Option<u16>)> {
-        use tokio::io::AsyncReadExt;
-        let mut texts = Vec::new();
-        loop {
-            while let Some((op, payload, used)) = parse(&self.buf) {
-                self.buf.drain(..used);
-                match op {
-                    0x1 => texts.push(serde_json::from_slice(&payload).unwrap()),
-                    0x8 => {
-                        let code = (payload.len() >= 2)
-                            .then(|| u16::from_be_bytes([payload[0], payload[1]]));
-                        return Some((texts, code));
-                    }
-                    _ => {}
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            match tokio::time::timeout(TIMEOUT, self.r.read(&mut chunk)).await {
-                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
-                Ok(_) => return None,
-                Err(_) => panic!("no close frame within {TIMEOUT:?}"),
-            }
-        }
-    }
-
-    /// Time until the server drops the connection (EOF or reset), skipping whatever it still sends.
-    async fn time_to_eof(&mut self, limit: Duration) -> Duration {
-        use tokio::io::AsyncReadExt;
-        let t0 = Instant::now();
-        let mut chunk = [0u8; 4096];
-        loop {
-            match tokio::time::timeout(limit, self.r.read(&mut chunk)).await {
-                Ok(Ok(n)) if n > 0 => continue,
-                Ok(_) => return t0.elapsed(),
-                Err(_) => panic!("the server kept the socket open for more than {limit:?}"),
-            }
-        }
-    }
-}
-
-/// One unmasked server frame at the start of `buf`: (opcode, payload, bytes used).
-fn parse(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
-    let (b0, b1) = (*buf.first()?, *buf.get(1)?);
-    let (len, at) = match b1 & 0x7f {
-        126 => (u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize, 4),
-        127 => (
-            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
-            10,
-        ),
-        n => (n as usize, 2),
-    };
-    let payload = buf.get(at..at + len)?.to_vec();
-    Some((b0 & 0x0f, payload, at + len))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_keeps_sending_after_a_protocol_error_gets_1002() {
     let (node, _dir) = node(2_000);
     let ws = raw_connect(node.client_addr).await;
-    let (mut reader, w) = split(ws);
+    let (mut reader, w) = ws.split();
     // An unmasked frame (1002), then megabytes of more frames.
     let mut junk = encode_frame(true, 0x1, br#"{"v":1,"type":"ping","id":1}"#, false);
     junk.extend(encode_frame(true, 0x2, &vec![7; 60_000], true).repeat(20));
     let sender = keep_sending(w, junk);
-    let (texts, code) = reader
-        .until_close()
-        .await
-        .expect("a close frame, not a reset");
-    assert_eq!(code, Some(1002));
-    assert_eq!(
-        texts.last().map(|t| t["code"].clone()),
-        Some(1002.into()),
-        "{texts:?}"
+    let closing = reader.read_to_close().await;
+    assert!(
+        closing.close_frame,
+        "a close frame, not a reset: {closing:?}"
     );
+    closing.assert_code(1002, false);
     // The framing is lost after a malformed header: herald reads until the linger ends, then drops.
     let waited = reader.time_to_eof(Duration::from_secs(10)).await;
     assert!(
@@ -178,19 +105,15 @@ async fn a_client_that_keeps_sending_garbage_gets_4000() {
     cfg.limits.messages_burst = 1_000_000;
     let node = start(cfg);
     let ws = raw_connect(node.client_addr).await;
-    let (mut reader, w) = split(ws);
+    let (mut reader, w) = ws.split();
     let junk = encode_frame(true, 0x1, b"not json at all", true).repeat(5_000);
     let sender = keep_sending(w, junk);
-    let (texts, code) = reader
-        .until_close()
-        .await
-        .expect("a close frame, not a reset");
-    assert_eq!(code, Some(4000), "{texts:?}");
-    let d = texts.last().expect("disconnect");
-    assert_eq!(
-        (d["type"].as_str(), d["code"].as_u64()),
-        (Some("disconnect"), Some(4000))
+    let closing = reader.read_to_close().await;
+    assert!(
+        closing.close_frame,
+        "a close frame, not a reset: {closing:?}"
     );
+    closing.assert_code(4000, false);
     drop(reader);
     sender.abort();
     shutdown(node).await;
@@ -201,12 +124,12 @@ async fn the_socket_is_dropped_as_soon_as_the_client_answers_the_close() {
     // A long linger: only the client's close frame can end it early.
     let (node, _dir) = node(30_000);
     let ws = raw_connect(node.client_addr).await;
-    let (mut reader, mut w) = split(ws);
+    let (mut reader, mut w) = ws.split();
     // The header and the first 100 KiB of a 1 MiB frame (over the limit), then nothing more yet.
     let big = encode_frame(true, 0x2, &vec![0x88; 1 << 20], true);
     w.write_all(&big[..100 * 1024]).await.unwrap();
-    let (_, code) = reader.until_close().await.expect("a close frame");
-    assert_eq!(code, Some(1009));
+    let closing = reader.read_to_close().await;
+    assert_eq!(closing.code, Some(1009), "{closing:?}");
     // The rest of the refused frame (its payload is full of bytes that look like close headers), then
     // the close frame that answers herald's.
     w.write_all(&big[100 * 1024..]).await.unwrap();
@@ -223,9 +146,9 @@ async fn a_client_that_never_answers_is_dropped_after_the_linger() {
     let (node, _dir) = node(500);
     let mut ws = raw_connect(node.client_addr).await;
     ws.write_frame(true, 0x2, &vec![0; 100_000], true).await;
-    let (mut reader, _w) = split(ws);
-    let (_, code) = reader.until_close().await.expect("a close frame");
-    assert_eq!(code, Some(1009));
+    let (mut reader, _w) = ws.split();
+    let closing = reader.read_to_close().await;
+    assert_eq!(closing.code, Some(1009), "{closing:?}");
     // The client reads the close frame and never answers it.
     let waited = reader.time_to_eof(Duration::from_secs(10)).await;
     assert!(

@@ -12,6 +12,7 @@ mod decode;
 mod error;
 mod frames;
 pub mod results;
+pub mod ws;
 
 pub use close::CloseCode;
 pub use command::{Command, Position, Request, RequestId};

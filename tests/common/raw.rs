@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use super::TIMEOUT;
@@ -45,8 +46,10 @@ pub enum Next {
     Eof,
 }
 
-pub struct RawWs {
-    pub stream: TcpStream,
+/// A raw connection; `S` is the socket, or the read half of a split one (a test that keeps writing on
+/// the other half).
+pub struct RawWs<S = TcpStream> {
+    pub stream: S,
     pub buf: Vec<u8>,
 }
 
@@ -162,6 +165,20 @@ pub fn encode_frame(fin: bool, opcode: u8, payload: &[u8], mask: bool) -> Vec<u8
 }
 
 impl RawWs {
+    /// The read half as a `RawWs` (with what was already buffered) and the write half.
+    pub fn split(self) -> (RawWs<OwnedReadHalf>, OwnedWriteHalf) {
+        let (r, w) = self.stream.into_split();
+        (
+            RawWs {
+                stream: r,
+                buf: self.buf,
+            },
+            w,
+        )
+    }
+}
+
+impl<S: AsyncWrite + Unpin> RawWs<S> {
     pub async fn write_frame(&mut self, fin: bool, opcode: u8, payload: &[u8], mask: bool) {
         let bytes = encode_frame(fin, opcode, payload, mask);
         self.stream.write_all(&bytes).await.expect("write frame");
@@ -171,7 +188,9 @@ impl RawWs {
         self.write_frame(true, OP_TEXT, v.to_string().as_bytes(), true)
             .await;
     }
+}
 
+impl<S: AsyncRead + Unpin> RawWs<S> {
     pub async fn fill(&mut self, want: usize) -> bool {
         while self.buf.len() < want {
             let mut chunk = vec![0u8; 64 * 1024];
@@ -266,6 +285,20 @@ impl RawWs {
                         code: None,
                     }
                 }
+            }
+        }
+    }
+
+    /// Time until the server drops the connection (EOF or reset), discarding whatever it still sends;
+    /// panics if that takes longer than `limit`.
+    pub async fn time_to_eof(&mut self, limit: Duration) -> Duration {
+        let t0 = std::time::Instant::now();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(limit, self.stream.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => continue,
+                Ok(_) => return t0.elapsed(),
+                Err(_) => panic!("the server kept the socket open for more than {limit:?}"),
             }
         }
     }

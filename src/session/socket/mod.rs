@@ -10,14 +10,13 @@
 //! stream is given to the session:
 //!
 //! - [`reader::Reader`], a stream added to the connection's actor, reads through one buffer per worker
-//!   thread and decodes frames with [`frames::Decoder`] (limits, masking, UTF-8, close codes);
+//!   thread and decodes frames with [`crate::protocol::ws::Decoder`] (limits, masking, UTF-8, close codes);
 //! - [`writer::Writer`], one task, writes the session's frames with `writev` straight from their shared
 //!   bytes, puts close frames first and lingers after a close the server started.
 //!
 //! An idle connection then owns no buffer at all, only its state. Any other answer to an upgrade
 //! request (a refusal, a 404) is written with `Connection: close` and the socket is closed.
 
-pub mod frames;
 pub mod reader;
 pub mod writer;
 
@@ -36,10 +35,11 @@ use bytes::BytesMut;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-pub use frames::{Incoming, WsError};
+pub use crate::protocol::ws::{Incoming, WsError};
 pub use writer::CloseRequest;
 
 use crate::channel::OutboxReceiver;
+use crate::protocol::ws;
 use crate::session::output::Output;
 
 /// The socket of an upgraded connection, shared by its reader (in the actor) and its writer task.
@@ -47,7 +47,7 @@ pub struct Conn {
     stream: TcpStream,
     /// Kept here rather than in the reader: after the actor stops, the writer lingers with the same
     /// framing.
-    decoder: RefCell<frames::Decoder>,
+    decoder: RefCell<ws::Decoder>,
 }
 
 /// How a connection reads and writes: from the node's config.
@@ -205,7 +205,7 @@ where
     let socket = Socket {
         conn: Rc::new(Conn {
             stream: parts.io,
-            decoder: RefCell::new(frames::Decoder::new(upgrade.settings.max_frame_bytes)),
+            decoder: RefCell::new(ws::Decoder::new(upgrade.settings.max_frame_bytes)),
         }),
         leftover: parts.read_buf,
         settings: upgrade.settings,

@@ -16,8 +16,8 @@ use std::task::{ready, Context, Poll};
 
 use futures_util::Stream;
 
-use super::frames::{Incoming, WsError};
 use super::Conn;
+use crate::protocol::ws::{Incoming, WsError};
 
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 
@@ -30,28 +30,19 @@ pub(super) fn with_read_buffer<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
     READ_BUFFER.with_borrow_mut(|b| f(b))
 }
 
-/// What one read gave.
-pub(super) enum Read {
-    /// Bytes were decoded (and maybe a violation found).
-    Data,
-    /// The peer closed its side, or the connection failed.
-    End,
-    /// Nothing to read now (the readiness was spurious).
-    Again,
-}
-
-/// Reads once from `conn` into the shared buffer and hands the bytes to `f`.
-pub(super) fn read_once(conn: &Conn, f: impl FnOnce(&[u8])) -> Read {
+/// Reads once from `conn` into the shared buffer and hands what came to `f`. `false` once the peer has
+/// closed its side or the connection failed; `true` otherwise (also when nothing was there to read).
+pub(super) fn read_once(conn: &Conn, f: impl FnOnce(&[u8])) -> bool {
     with_read_buffer(|buf| match conn.stream.try_read(buf) {
-        Ok(0) => Read::End,
+        Ok(0) => false,
         Ok(n) => {
             f(&buf[..n]);
-            Read::Data
+            true
         }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Read::Again,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
         Err(e) => {
             tracing::debug!(error = %e, "websocket read failed");
-            Read::End
+            false
         }
     })
 }
@@ -113,9 +104,8 @@ impl Stream for Reader {
                 continue;
             }
             let conn = this.conn.clone();
-            match read_once(&conn, |bytes| this.decode(bytes)) {
-                Read::End => this.ended = true,
-                Read::Data | Read::Again => {}
+            if !read_once(&conn, |bytes| this.decode(bytes)) {
+                this.ended = true;
             }
         }
     }

@@ -26,7 +26,7 @@ use bytes::{Buf, Bytes};
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 
-use super::reader::{read_once, Read};
+use super::reader::read_once;
 use super::Conn;
 use crate::protocol::{close_frame, Outgoing};
 use crate::session::output::Output;
@@ -185,12 +185,11 @@ impl Writer {
             }
             let mut closed = false;
             let conn = self.conn.clone();
-            match read_once(&conn, |bytes| {
+            let open = read_once(&conn, |bytes| {
                 closed = conn.decoder.borrow_mut().skip(bytes)
-            }) {
-                Read::End => return Poll::Ready(()),
-                _ if closed => return Poll::Ready(()),
-                Read::Data | Read::Again => {}
+            });
+            if !open || closed {
+                return Poll::Ready(());
             }
         }
         cx.waker().wake_by_ref();

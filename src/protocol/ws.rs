@@ -2,7 +2,7 @@
 //! into messages, with the close code each violation earns.
 //!
 //! The decoder owns nothing while a connection is idle: bytes are parsed straight from the read buffer
-//! the worker thread shares ([`super::reader`]), and only what belongs to a frame that has not fully
+//! the worker thread shares (`session::socket::reader`), and only what belongs to a frame that has not fully
 //! arrived (`pending`) or to a fragmented message (`message`) is copied into the connection's own
 //! memory. The frame-size limit is checked on the header, before the payload arrives, so an oversized
 //! frame is refused at once (1009) instead of being buffered first.
@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::protocol::CloseCode;
+use super::CloseCode;
 
 /// One message, or control frame, from the client.
 #[derive(Debug, Clone, PartialEq)]
@@ -364,5 +364,5 @@ fn close(payload: &[u8]) -> Result<Incoming, WsError> {
 }
 
 #[cfg(test)]
-#[path = "frames_tests.rs"]
+#[path = "ws_tests.rs"]
 mod tests;
